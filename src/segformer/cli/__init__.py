@@ -1,0 +1,56 @@
+"""The ``segformer`` command: ``segformer COMMAND [options]``.
+
+Each command lives in its own module ``segformer.cli.<name>`` with ``add_arguments(parser)`` and
+``run(args) -> int``; a module is imported only when its command runs, so ``segformer --help``
+stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("convert", "convert a checkpoint of any layout to ours or to transformers' layout"),
+}
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    module = importlib.import_module(f"segformer.cli.{COMMANDS[command][0]}")
+    parser = argparse.ArgumentParser(prog=f"segformer {command}", description=COMMANDS[command][1])
+    module.add_arguments(parser)
+    parser.set_defaults(run=module.run)
+    return parser
+
+
+def usage() -> str:
+    lines = ["usage: segformer COMMAND [options]   (segformer COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from segformer import __version__
+
+        print(f"segformer {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"segformer: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    args = build_parser(argv[0]).parse_args(argv[1:])
+    try:
+        return args.run(args) or 0
+    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+        print(f"segformer {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

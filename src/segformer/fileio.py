@@ -1,0 +1,86 @@
+"""Safe reading and atomic writing of checkpoint files.
+
+Reading never unpickles code: ``.safetensors`` goes through safetensors, everything else through
+``torch.load(weights_only=True)``. Writing goes to a temporary file in the same folder that is
+renamed over the target, so a killed process never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read: missing, corrupt, truncated or unsafe."""
+
+
+def read_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint file without executing code from it.
+
+    Raises:
+        CheckpointError: naming the file, when it is missing, unreadable, or needs arbitrary unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location))
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds pickled Python objects beyond tensors, and "
+                "unpickling them could run arbitrary code. Load it only if you trust it, re-save its "
+                "state_dict with torch.save, or convert it to safetensors."
+            ) from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({e})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object; raise CheckpointError naming the file when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def atomic_torch_save(path: str | Path, obj: object) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
