@@ -1,0 +1,8 @@
+"""Values shared by data loading, training and inference (official mmseg configs, SPEC §4)."""
+
+# ImageNet statistics on RGB 0–255, as in the official configs' img_norm_cfg.
+IMAGE_MEAN = (123.675, 116.28, 103.53)
+IMAGE_STD = (58.395, 57.12, 57.375)
+
+# Label value that the loss and the metrics ignore (and that pads masks).
+IGNORE_INDEX = 255
