@@ -1,6 +1,8 @@
 """SegFormer semantic segmentation: a faithful MiT encoder + All-MLP decoder in plain PyTorch."""
 
+from segformer.data import DATASETS, SegmentationDataset, SyntheticDataset, build_dataset
 from segformer.fileio import CheckpointError
+from segformer.metrics import ConfusionMatrix
 from segformer.model import MIN_INPUT_SIZE, VARIANTS, AllMLPDecoder, MixTransformer, SegFormer, create_model
 from segformer.pretrained import LoadWarning, from_pretrained, save_pretrained
 
@@ -9,11 +11,16 @@ __version__ = "0.1.0"
 __all__ = [
     "MIN_INPUT_SIZE",
     "VARIANTS",
+    "DATASETS",
     "AllMLPDecoder",
     "CheckpointError",
+    "ConfusionMatrix",
     "LoadWarning",
     "MixTransformer",
     "SegFormer",
+    "SegmentationDataset",
+    "SyntheticDataset",
+    "build_dataset",
     "create_model",
     "from_pretrained",
     "save_pretrained",
