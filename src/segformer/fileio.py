@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -40,13 +41,14 @@ def read_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        found = re.search(r"GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
             raise CheckpointError(
-                f"{path}: refused to load: the file holds pickled Python objects beyond tensors, and "
-                "unpickling them could run arbitrary code. Load it only if you trust it, re-save its "
-                "state_dict with torch.save, or convert it to safetensors."
+                f"{path}: refused to load: the file holds pickled Python objects beyond tensors "
+                f"({found.group(1) or found.group(2)}), and unpickling them could run arbitrary code. Load it "
+                "only if you trust it, re-save its state_dict with torch.save, or convert it to safetensors."
             ) from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint (not a readable torch file)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None
 

@@ -211,11 +211,11 @@ def _check_fits(state: dict, expected: dict, variant: str, weights: Path) -> Non
 
 
 def _check_shapes(state: dict, expected: dict, weights: Path) -> None:
-    for key, value in state.items():
-        if key in expected and value.shape != expected[key].shape:
+    for key, want in expected.items():  # in model order, so the first mismatch is the earliest layer
+        if key in state and state[key].shape != want.shape:
             raise ValueError(
-                f"{weights}: key {key!r} has shape {tuple(value.shape)} in the checkpoint but "
-                f"{tuple(expected[key].shape)} in the model"
+                f"{weights}: key {key!r} has shape {tuple(state[key].shape)} in the checkpoint but "
+                f"{tuple(want.shape)} in the model"
             )
 
 

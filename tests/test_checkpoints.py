@@ -1,0 +1,321 @@
+"""Every checkpoint layout of SPEC §3 loads and gives the reference logits; bad files give clear errors.
+
+The foreign layouts are built here from transformers' own state dict with renames written in this
+file (not with segformer.checkpoints), so the test is an independent check of the mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import SegformerForSemanticSegmentation
+
+import segformer
+from reference import make_hf_model
+from segformer import CheckpointError, LoadWarning
+from segformer.cli import main as cli_main
+
+X = torch.randn(1, 3, 70, 90, generator=torch.Generator().manual_seed(3))
+CLASS_NAMES = [f"thing{i}" for i in range(7)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(HF model, its hub-layout dir, its logits, its hub-layout state dict) for B1 (2 blocks per stage)."""
+    hf = make_hf_model("b1", id2label=dict(enumerate(CLASS_NAMES)), label2id={n: i for i, n in enumerate(CLASS_NAMES)})
+    folder = tmp_path_factory.mktemp("hf")
+    hf.save_pretrained(folder)
+    with torch.no_grad():
+        logits = hf(X).logits
+    from safetensors.torch import load_file
+
+    return hf, folder, logits, load_file(folder / "model.safetensors")
+
+
+def _sub(state: dict, rules: list[tuple[str, str]]) -> dict:
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def official_state(hub: dict) -> dict:
+    """HF hub names → NVlabs names, with key;value stacked into kv (written independently of the package)."""
+    plus1 = lambda m: str(int(m.group(1)) + 1)  # noqa: E731
+    rules = [
+        (r"^segformer\.encoder\.patch_embeddings\.(\d)\.", lambda m: f"backbone.patch_embed{plus1(m)}."),
+        (r"^segformer\.encoder\.block\.(\d)\.", lambda m: f"backbone.block{plus1(m)}."),
+        (r"^segformer\.encoder\.layer_norm\.(\d)\.", lambda m: f"backbone.norm{plus1(m)}."),
+        (r"^decode_head\.linear_c\.(\d)\.", lambda m: f"decode_head.linear_c{plus1(m)}."),
+        (r"\.layer_norm_1\.", ".norm1."),
+        (r"\.layer_norm_2\.", ".norm2."),
+        (r"\.attention\.self\.query\.", ".attn.q."),
+        (r"\.attention\.self\.sr\.", ".attn.sr."),
+        (r"\.attention\.self\.layer_norm\.", ".attn.norm."),
+        (r"\.attention\.output\.dense\.", ".attn.proj."),
+        (r"\.mlp\.dense1\.", ".mlp.fc1."),
+        (r"\.mlp\.dense2\.", ".mlp.fc2."),
+        (r"patch_embed(\d)\.layer_norm\.", r"patch_embed\1.norm."),
+        (r"^decode_head\.linear_fuse\.weight", "decode_head.linear_fuse.conv.weight"),
+        (r"^decode_head\.batch_norm\.", "decode_head.linear_fuse.bn."),
+        (r"^decode_head\.classifier\.", "decode_head.linear_pred."),
+    ]
+    state = _sub(hub, rules)
+    for key in [k for k in state if ".attention.self.key." in k]:
+        value_key = key.replace(".key.", ".value.")
+        state[key.replace(".attention.self.key.", ".attn.kv.")] = torch.cat([state.pop(key), state.pop(value_key)])
+    return state
+
+
+def mmseg_state(official: dict) -> dict:
+    """NVlabs names → mmsegmentation 1.x MixVisionTransformer names (q;k;v stacked, FFN as 1×1 convs)."""
+    out = {}
+    for key, value in official.items():
+        if not key.startswith("backbone."):
+            out[key.replace("decode_head.", "decode_head.mmseg_design.")] = value  # a head that cannot map
+            continue
+        if ".attn.kv." in key:
+            continue
+        if ".attn.q." in key:
+            kv = official[key.replace(".attn.q.", ".attn.kv.")]
+            key, value = key.replace(".attn.q.", ".attn.attn.in_proj_"), torch.cat([value, kv])
+            key = key.replace("in_proj_.", "in_proj_")
+        if ".mlp.fc" in key and key.endswith("weight"):
+            value = value[:, :, None, None]
+        key = re.sub(
+            r"backbone\.patch_embed(\d)\.proj\.", lambda m: f"backbone.layers.{int(m[1]) - 1}.0.projection.", key
+        )
+        key = re.sub(r"backbone\.patch_embed(\d)\.norm\.", lambda m: f"backbone.layers.{int(m[1]) - 1}.0.norm.", key)
+        key = re.sub(r"backbone\.block(\d)\.", lambda m: f"backbone.layers.{int(m[1]) - 1}.1.", key)
+        key = re.sub(r"backbone\.norm(\d)\.", lambda m: f"backbone.layers.{int(m[1]) - 1}.2.", key)
+        key = key.replace(".attn.proj.", ".attn.attn.out_proj.").replace(".mlp.fc1.", ".ffn.layers.0.")
+        key = key.replace(".mlp.dwconv.dwconv.", ".ffn.layers.1.").replace(".mlp.fc2.", ".ffn.layers.4.")
+        out[key] = value
+    return out
+
+
+def smp_state(official: dict) -> dict:
+    out = {}
+    for key, value in official.items():
+        key = key.replace("backbone.", "encoder.")
+        key = re.sub(r"decode_head\.linear_c(\d)\.proj\.", lambda m: f"decoder.mlp_stage.{4 - int(m[1])}.linear.", key)
+        key = key.replace("decode_head.linear_fuse.conv.", "decoder.fuse_stage.0.")
+        key = key.replace("decode_head.linear_fuse.bn.", "decoder.fuse_stage.1.")
+        out[key.replace("decode_head.linear_pred.", "segmentation_head.0.")] = value
+    return out
+
+
+def load_quietly(source, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LoadWarning)
+        return segformer.from_pretrained(source, **kwargs)
+
+
+def logits_of(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(X)
+
+
+def test_hf_hub_layout_reads_variant_classes_and_names(reference):
+    _, folder, logits, _ = reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LoadWarning)  # a clean load warns about nothing
+        model = segformer.from_pretrained(folder, layer_norm_eps=1e-5)
+    assert model.config["variant"] == "b1" and model.num_classes == 7 and model.class_names == CLASS_NAMES
+    torch.testing.assert_close(logits_of(model), logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["official-pth", "transformers5", "smp", "hf-bin"])
+def test_full_model_layouts(layout, reference, tmp_path):
+    hf, _, logits, hub = reference
+    official = official_state(hub)
+    if layout == "official-pth":  # NVlabs release: {"state_dict", "meta"} with an unused conv_seg
+        official["decode_head.conv_seg.weight"] = torch.zeros(7, 256, 1, 1)
+        path = tmp_path / "segformer.b1.512x512.ade.160k.pth"
+        torch.save({"state_dict": official, "meta": {"CLASSES": tuple(CLASS_NAMES), "iter": 160000}}, path)
+    elif layout == "transformers5":  # the module names of transformers >= 5, straight from its state_dict
+        path = tmp_path / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, path)
+        assert any(".stages.0.blocks.0.attention.q_proj." in k for k in hf.state_dict())
+    elif layout == "smp":
+        path = tmp_path / "smp.pth"
+        torch.save({"model": smp_state(official)}, path)
+    else:  # the hub's older pytorch_model.bin next to config.json
+        torch.save(hub, tmp_path / "pytorch_model.bin")
+        (tmp_path / "config.json").write_text(json.dumps(hf.config.to_dict()))
+        path = tmp_path
+    model = load_quietly(path, layer_norm_eps=1e-5)
+    assert model.config["variant"] == "b1" and model.num_classes == 7
+    if layout in ("official-pth", "hf-bin"):
+        assert model.class_names == CLASS_NAMES
+    torch.testing.assert_close(logits_of(model), logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["mit-imagenet", "mmseg"])
+def test_backbone_layouts_load_the_encoder_and_initialise_the_decoder(layout, reference, tmp_path):
+    hf, _, _, hub = reference
+    official = official_state(hub)
+    if layout == "mit-imagenet":
+        state = {k.removeprefix("backbone."): v for k, v in official.items() if k.startswith("backbone.")}
+        state["head.weight"] = torch.zeros(1000, 512)
+    else:
+        state = mmseg_state(official)
+    path = tmp_path / f"{layout}.pth"
+    torch.save({"state_dict": state, "meta": {}}, path)
+    with pytest.warns(LoadWarning, match="decoder is initialised"):
+        model = segformer.from_pretrained(path, num_classes=5, layer_norm_eps=1e-5)
+    assert model.config["variant"] == "b1" and model.num_classes == 5
+    with torch.no_grad():
+        ours = model.eval().backbone(X)
+        theirs = hf(X, output_hidden_states=True).hidden_states
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_backbone_only_needs_num_classes(reference, tmp_path):
+    state = {k.removeprefix("backbone."): v for k, v in official_state(reference[3]).items() if "backbone." in k}
+    torch.save(state, tmp_path / "mit_b1.pth")
+    with pytest.raises(ValueError, match="backbone-only checkpoint; pass num_classes="):
+        load_quietly(tmp_path / "mit_b1.pth")
+
+
+def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
+    model = segformer.create_model("b0", num_classes=3, class_names=["sky", "road", "car"], drop_path_rate=0.2)
+    model.decode_head.linear_fuse.bn.running_var.uniform_(0.5, 2.0)
+    model.save_pretrained(tmp_path)
+    loaded = segformer.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    expected, got = model.state_dict(), loaded.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert torch.equal(logits_of(model), logits_of(loaded))
+
+
+def test_hf_export_loads_in_transformers_with_our_logits(tmp_path):
+    model = segformer.create_model("b0", num_classes=4, class_names=["a", "b", "c", "d"], layer_norm_eps=1e-5)
+    model.decode_head.linear_fuse.bn.running_mean.normal_()
+    model.save_pretrained(tmp_path, layout="hf")
+    hf = SegformerForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    assert hf.config.id2label == {0: "a", 1: "b", 2: "c", 3: "d"}
+    with torch.no_grad():
+        theirs = hf(X).logits
+    torch.testing.assert_close(theirs, logits_of(model), atol=1e-5, rtol=1e-5)
+
+
+def test_convert_cli_both_layouts(reference, tmp_path):
+    _, folder, logits, _ = reference
+    assert cli_main(["convert", str(folder), str(tmp_path / "ours")]) == 0
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["format"] == "segformer"
+    torch.testing.assert_close(
+        logits_of(load_quietly(tmp_path / "ours", layer_norm_eps=1e-5)), logits, atol=1e-5, rtol=0
+    )
+    assert cli_main(["convert", str(tmp_path / "ours"), str(tmp_path / "hf"), "--layout", "hf"]) == 0
+    hf = SegformerForSemanticSegmentation.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(X).logits, logits, atol=1e-5, rtol=0)
+
+
+def test_other_num_classes_reinitialises_the_classifier(reference):
+    _, folder, _, _ = reference
+    with pytest.warns(LoadWarning, match="checkpoint has 7 classes but num_classes=3"):
+        model = segformer.from_pretrained(folder, num_classes=3)
+    full = load_quietly(folder)
+    assert model.num_classes == 3 and model.decode_head.linear_pred.weight.shape == (3, 256, 1, 1)
+    assert torch.equal(model.decode_head.linear_fuse.conv.weight, full.decode_head.linear_fuse.conv.weight)
+
+
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_other_input_channels_adapt_the_first_conv(reference, in_channels):
+    _, folder, _, _ = reference
+    rgb = load_quietly(folder).eval()
+    with pytest.warns(LoadWarning, match=f"adapted from 3 to {in_channels} input channels"):
+        model = segformer.from_pretrained(folder, in_channels=in_channels).eval()
+    w = rgb.backbone.patch_embed1.proj.weight
+    if in_channels == 1:  # a grey image through the summed filter = that image repeated as RGB
+        grey = X[:, :1]
+        with torch.no_grad():
+            torch.testing.assert_close(model(grey), rgb(grey.repeat(1, 3, 1, 1)), atol=1e-5, rtol=1e-4)
+    else:  # timm: RGB filters repeated, cut to 4, scaled by 3/4
+        expected = torch.cat([w, w[:, :1]], dim=1) * 0.75
+        torch.testing.assert_close(model.backbone.patch_embed1.proj.weight, expected)
+
+
+def test_wrong_variant_names_first_mismatched_key_and_shapes(reference):
+    _, folder, _, _ = reference
+    with pytest.raises(ValueError, match=r"backbone\.patch_embed1\.proj\.weight.*\(64, 3, 7, 7\).*\(32, 3, 7, 7\)"):
+        load_quietly(folder, variant="b0")
+    with pytest.raises(
+        ValueError, match=r"do not fit SegFormer-b2: key 'backbone\.block1\.2\.norm1\.weight' is absent"
+    ):
+        load_quietly(folder, variant="b2")
+
+
+def test_wrong_shape_names_the_key(tmp_path):
+    model = segformer.create_model("b0", num_classes=3)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["backbone.block2.1.mlp.fc1.weight"] = torch.zeros(256, 32)
+    save_file(state, tmp_path / "bad.safetensors")
+    with pytest.raises(
+        ValueError, match=r"'backbone\.block2\.1\.mlp\.fc1\.weight' has shape \(256, 32\) .* \(256, 64\)"
+    ):
+        segformer.from_pretrained(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_truncated_file_is_reported_by_name(tmp_path, suffix):
+    model = segformer.create_model("b0", num_classes=3)
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    else:
+        torch.save(model.state_dict(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        segformer.from_pretrained(path)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    (tmp_path / "noise.pth").write_bytes(os.urandom(1000))
+    with pytest.raises(CheckpointError, match="noise.pth: corrupt"):
+        segformer.from_pretrained(tmp_path / "noise.pth")
+    with pytest.raises(CheckpointError, match="nowhere.pth: no such file"):
+        segformer.from_pretrained(tmp_path / "nowhere.pth")
+    torch.save({"optimizer": {"lr": torch.tensor(1.0)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other.pth: no state dict found; top-level keys are \['optimizer'\]"):
+        segformer.from_pretrained(tmp_path / "other.pth")
+    save_file({"fc.weight": torch.zeros(2, 2)}, tmp_path / "resnet.safetensors")
+    with pytest.raises(CheckpointError, match="resnet.safetensors: not a SegFormer checkpoint.*first keys: fc.weight"):
+        segformer.from_pretrained(tmp_path / "resnet.safetensors")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_by_checkpoint",))
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _Exploit()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="evil.pth: refused to load.*arbitrary code"):
+        segformer.from_pretrained(tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned_by_checkpoint").exists()
+
+
+def test_hub_id_offline_gives_one_clear_error(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    code = "import segformer; segformer.from_pretrained('nvidia/segformer-b0-finetuned-ade-512-512')"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "could not fetch 'nvidia/segformer-b0-finetuned-ade-512-512'" in last and "local directory" in last
