@@ -46,7 +46,7 @@ def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.nda
 def _shape(kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Boolean mask of one randomly placed, sized and rotated shape of class ``kind`` (1..5)."""
     height, width = yy.shape
-    side = rng.uniform(0.15, 0.4) * min(height, width)
+    side = rng.uniform(0.2, 0.45) * min(height, width)
     dy, dx = yy - rng.uniform(0.1, 0.9) * height, xx - rng.uniform(0.1, 0.9) * width
     angle = rng.uniform(0, 2 * np.pi)
     u, v = dx * np.cos(angle) + dy * np.sin(angle), -dx * np.sin(angle) + dy * np.cos(angle)
