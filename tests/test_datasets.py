@@ -284,3 +284,21 @@ def test_error_messages_name_the_path(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\n")
     with pytest.raises(ValueError, match=r"lonely\.jpg"):
         build_dataset("custom", tmp_path)[0]
+
+
+def test_protocols_follow_the_official_configs():
+    # (test_mode, test_scale, train_crop, aug_ratios) from the SegFormer / mmseg dataset configs
+    mmseg_ratios = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    expected = {
+        "ade20k": ("whole", (2048, 512), (512, 512), (0.75, 0.875, 1.0, 1.125, 1.25)),
+        "cityscapes": ("slide", (2048, 1024), (1024, 1024), mmseg_ratios),
+        "voc": ("whole", (2048, 512), (512, 512), mmseg_ratios),
+        "coco-stuff": ("whole", (2048, 512), (512, 512), mmseg_ratios),
+        "custom": ("whole", (2048, 512), (512, 512), mmseg_ratios),
+    }
+    for name, protocol in expected.items():
+        info = DATASETS[name]
+        assert (info.test_mode, info.test_scale, info.train_crop, info.aug_ratios) == protocol, name
+        assert len(info.palette) == len(info.classes)
+    assert [len(DATASETS[n].classes) for n in ("ade20k", "cityscapes", "voc", "coco-stuff")] == [150, 19, 21, 171]
+    assert len({tuple(c) for c in DATASETS["coco-stuff"].palette}) == 171  # distinct colours
