@@ -1,0 +1,108 @@
+"""Training data order and augmentation that are reproducible, resumable and independent of workers.
+
+The training stream is an endless sequence of positions 0, 1, 2, …; epoch e visits the dataset in
+a permutation seeded by (seed, e). Global micro-batch k holds positions [k·B·W, (k+1)·B·W) for B
+images per process and W processes; rank r takes its r-th slice of B. Each sample is augmented
+with a generator seeded by (seed, position), so a sample's augmentation depends neither on the
+number of workers nor on the process that loads it, and resuming needs only the number of
+micro-batches already consumed. One process with batch 2B sees exactly the images and
+augmentations of two processes with batch B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+_ORDER, _AUGMENT = 0, 1  # separate seed streams for the visiting order and the augmentation
+
+
+class TrainSampler:
+    """Endless batch sampler yielding lists of ``(dataset index, stream position)`` keys.
+
+    Args:
+        num_samples: dataset length.
+        batch_size: images per process per micro-batch.
+        seed: seed of the visiting order.
+        rank: this process's rank.
+        world_size: number of processes.
+        start: micro-batches already consumed (to resume).
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0
+    ) -> None:
+        if num_samples < 1:
+            raise ValueError("the training set is empty")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start = start
+        self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def index(self, position: int) -> int:
+        """Dataset index visited at stream ``position``."""
+        epoch, offset = divmod(position, self.num_samples)
+        if epoch != self._epoch:
+            rng = np.random.default_rng((self.seed, _ORDER, epoch))
+            self._epoch, self._order = epoch, rng.permutation(self.num_samples)
+        return int(self._order[offset])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start
+        while True:
+            first = (step * self.world_size + self.rank) * self.batch_size
+            yield [(self.index(p), p) for p in range(first, first + self.batch_size)]
+            step += 1
+
+
+class AugmentedDataset(Dataset):
+    """``dataset[i]`` (untransformed image, mask) passed through ``transform(image, mask, rng)``.
+
+    Indexed by ``(index, position)`` keys from ``TrainSampler``; ``rng`` is seeded by (seed, position).
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, position = key
+        image, mask = self.dataset[index]
+        return self.transform(image, mask, np.random.default_rng((self.seed, _AUGMENT, position)))
+
+
+def build_train_loader(
+    dataset: Dataset,
+    transform: Callable,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    start: int = 0,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Endless loader of (images, masks) micro-batches for this rank, resumed after ``start`` micro-batches.
+
+    ``dataset`` must return untransformed (image, mask) pairs; ``transform`` augments them.
+    """
+    return DataLoader(
+        AugmentedDataset(dataset, transform, seed),
+        batch_sampler=TrainSampler(len(dataset), batch_size, seed, rank, world_size, start),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        # the loader draws its workers' base seed from this generator, not from the global torch RNG
+        generator=torch.Generator().manual_seed(seed),
+    )

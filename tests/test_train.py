@@ -1,0 +1,164 @@
+"""Optimiser groups, lr schedule, loss and recipes against independent formulas; a short run learns."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from segformer.model import create_model
+from segformer.recipe import load_recipe, packaged_recipes
+from segformer.train import segmentation_loss
+from segformer.training.optim import build_optimizer, set_lr
+
+torch.set_num_threads(1)
+
+
+def mmcv_rule(name: str) -> tuple[float, float]:
+    """(lr_mult, decay_mult) of mmcv's DefaultOptimizerConstructor for the official SegFormer custom_keys."""
+    custom_keys = {"pos_block": (1.0, 0.0), "norm": (1.0, 0.0), "head": (10.0, 1.0)}
+    for key in sorted(sorted(custom_keys), key=len, reverse=True):  # longest first, ties alphabetical
+        if key in name:
+            return custom_keys[key]
+    return 1.0, 1.0
+
+
+def test_param_groups_follow_the_official_paramwise_cfg():
+    model = create_model("b0", num_classes=6)
+    optimizer = build_optimizer(model, lr=6e-5, weight_decay=0.01, head_lr_mult=10.0)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    assert len(group_of) == sum(1 for _ in model.parameters())
+    for name, param in model.named_parameters():
+        lr_mult, decay_mult = mmcv_rule(name)
+        group = group_of[id(param)]
+        assert group["lr"] == pytest.approx(6e-5 * lr_mult), name
+        assert group["weight_decay"] == pytest.approx(0.01 * decay_mult), name
+    names = {name: group_of[id(p)] for name, p in model.named_parameters()}
+    # spelled out: the decoder BatchNorm is matched by "head" first, so it keeps weight decay
+    assert names["decode_head.linear_fuse.bn.weight"]["lr"] == pytest.approx(6e-4)
+    assert names["decode_head.linear_fuse.bn.weight"]["weight_decay"] == pytest.approx(0.01)
+    for no_decay in ("backbone.block1.0.norm1.weight", "backbone.block2.1.attn.norm.bias", "backbone.norm4.weight"):
+        assert names[no_decay]["weight_decay"] == 0.0 and names[no_decay]["lr"] == pytest.approx(6e-5)
+    assert names["backbone.patch_embed1.norm.weight"]["weight_decay"] == 0.0
+    assert names["backbone.block1.0.attn.q.bias"]["weight_decay"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("iteration", [0, 1, 1499, 1500, 80000, 159999])
+def test_poly_schedule_with_linear_warmup(iteration):
+    model = create_model("b0", num_classes=6)
+    optimizer = build_optimizer(model, lr=6e-5, head_lr_mult=10.0)
+    set_lr(optimizer, iteration, 160000, power=1.0, min_lr=0.0, warmup_iters=1500, warmup_ratio=1e-6)
+    for group in optimizer.param_groups:
+        base = 6e-4 if group["name"] == "head" else 6e-5
+        poly = base * (1 - iteration / 160000)
+        if iteration < 1500:  # mmcv: warmup lr = lr_poly · (1 − (1 − ratio)(1 − it / warmup_iters))
+            expected = poly * (1 - (1 - 1e-6) * (1 - iteration / 1500))
+        else:
+            expected = poly
+        assert group["lr"] == pytest.approx(expected, rel=1e-12)
+    if iteration == 0:
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(6e-5 * 1e-6)
+    if iteration == 159999:
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(6e-5 / 160000)
+
+
+def test_poly_power_and_min_lr():
+    model = create_model("b0", num_classes=2)
+    optimizer = build_optimizer(model, lr=1e-2, head_lr_mult=1.0)
+    lr = set_lr(optimizer, 500, 1000, power=0.9, min_lr=1e-4, warmup_iters=0, warmup_ratio=1e-6)
+    assert lr == pytest.approx((1e-2 - 1e-4) * 0.5**0.9 + 1e-4)
+
+
+def numpy_cross_entropy(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None) -> float:
+    """mmseg CrossEntropyLoss: per-pixel −w[y]·log softmax, ignored pixels 0, mean over all pixels."""
+    shifted = logits - logits.max(1, keepdims=True)
+    log_prob = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    total = 0.0
+    b, _, h, w = logits.shape
+    for i in range(b):
+        for y in range(h):
+            for x in range(w):
+                c = labels[i, y, x]
+                if c != 255:
+                    total -= (1.0 if weights is None else weights[c]) * log_prob[i, c, y, x]
+    return total / labels.size
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_matches_numpy_cross_entropy(weighted):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 5, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, size=(2, 5, 6))
+    labels[0, :2] = 255
+    weights = np.array([0.5, 1.0, 2.0, 3.0], np.float32) if weighted else None
+    loss = segmentation_loss(
+        torch.from_numpy(logits), torch.from_numpy(labels), None if weights is None else torch.from_numpy(weights)
+    )
+    assert loss.item() == pytest.approx(numpy_cross_entropy(logits, labels, weights), rel=1e-5)
+
+
+def test_loss_resizes_logits_to_the_label_size():
+    # spatially constant logits are unchanged by bilinear resizing: the loss is −log softmax of the label's class
+    logits = torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1).expand(1, 3, 4, 4).contiguous()
+    labels = torch.full((1, 16, 16), 1)
+    expected = -math.log(math.exp(2.0) / (math.exp(1.0) + math.exp(2.0) + math.exp(0.5)))
+    assert segmentation_loss(logits, labels, None).item() == pytest.approx(expected, rel=1e-6)
+
+
+PAPER = {  # SPEC §4 and the official configs: (crop, scale short side, batch per GPU, iterations, classes)
+    "ade20k": (512, 512, 2, 160000, 150),
+    "cityscapes": (1024, 1024, 1, 160000, 19),
+    "coco-stuff": (512, 512, 2, 80000, 171),
+}
+
+
+def test_packaged_recipes_match_the_paper():
+    names = packaged_recipes()
+    assert {"custom", "demo"} <= set(names)
+    for dataset, (crop, short, batch, iters, classes) in PAPER.items():
+        for variant in ("b0", "b1", "b2", "b3", "b4", "b5"):
+            recipe = load_recipe(f"{dataset}-{variant}")
+            if dataset == "ade20k" and variant == "b5":
+                crop, short = 640, 640
+            assert recipe.model.variant == variant and recipe.model.num_classes == classes
+            assert recipe.model.init == f"nvidia/mit-{variant}" and recipe.model.drop_path_rate == 0.1
+            assert recipe.data.dataset == dataset
+            assert recipe.data.crop == [crop, crop] and recipe.data.scale == [2048, short]
+            assert recipe.data.ratio_range == [0.5, 2.0] and recipe.data.cat_max_ratio == 0.75
+            assert recipe.data.batch_size == batch and recipe.schedule.iters == iters
+            optim = recipe.optim
+            assert (optim.lr, optim.betas, optim.weight_decay, optim.head_lr_mult) == (6e-5, [0.9, 0.999], 0.01, 10.0)
+            assert (optim.warmup_iters, optim.warmup_ratio, optim.power, optim.min_lr) == (1500, 1e-6, 1.0, 0.0)
+            assert recipe.accumulate == 1 and recipe.clip_grad == 0.0
+    for name in names:
+        load_recipe(name)
+
+
+def test_overrides_are_type_checked_and_unknown_keys_named(tmp_path):
+    recipe = load_recipe("ade20k-b0", ["optim.lr=1e-4", "data.crop=[256, 256]", "seed=3", "data.dataset=custom"])
+    assert (recipe.optim.lr, recipe.data.crop, recipe.seed, recipe.data.dataset) == (1e-4, [256, 256], 3, "custom")
+    with pytest.raises(ValueError, match=r"unknown key 'lrate'.*lr, betas, weight_decay, head_lr_mult"):
+        load_recipe("ade20k-b0", ["optim.lrate=1"])
+    with pytest.raises(ValueError, match=r"unknown section 'optimizer'"):
+        load_recipe("ade20k-b0", ["optimizer.lr=1"])
+    with pytest.raises(ValueError, match=r"optim.lr: expected float, got str"):
+        load_recipe("ade20k-b0", ["optim.lr=fast"])
+    with pytest.raises(ValueError, match=r"data.batch_size: expected int, got float"):
+        load_recipe("ade20k-b0", ["data.batch_size=2.5"])
+    with pytest.raises(ValueError, match=r"precision must be one of fp32, bf16, fp16"):
+        load_recipe("ade20k-b0", ["precision=fp8"])
+    partial = tmp_path / "partial.toml"
+    partial.write_text("seed = 0\n")
+    with pytest.raises(ValueError, match=r"partial.toml: missing key precision"):
+        load_recipe(partial)
+    with pytest.raises(ValueError, match=r"unknown recipe 'ade20k-b9'"):
+        load_recipe("ade20k-b9")
+
+
+def test_short_run_lowers_the_loss_and_beats_chance(tiny_run):
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    mious = [r["mIoU"] for r in records if "mIoU" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    assert mious[-1] > 0.3  # 6 classes; predicting background everywhere scores about 0.14
