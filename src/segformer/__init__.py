@@ -1,7 +1,9 @@
 """SegFormer semantic segmentation: a faithful MiT encoder + All-MLP decoder in plain PyTorch."""
 
 from segformer.data import DATASETS, SegmentationDataset, SyntheticDataset, build_dataset
+from segformer.evaluate import evaluate
 from segformer.fileio import CheckpointError
+from segformer.inference import Segmenter
 from segformer.metrics import ConfusionMatrix
 from segformer.model import MIN_INPUT_SIZE, VARIANTS, AllMLPDecoder, MixTransformer, SegFormer, create_model
 from segformer.pretrained import LoadWarning, from_pretrained, save_pretrained
@@ -19,9 +21,11 @@ __all__ = [
     "MixTransformer",
     "SegFormer",
     "SegmentationDataset",
+    "Segmenter",
     "SyntheticDataset",
     "build_dataset",
     "create_model",
+    "evaluate",
     "from_pretrained",
     "save_pretrained",
 ]

@@ -1,0 +1,183 @@
+"""Segmenter: mmseg test protocol (resize rule, sliding windows, multi-scale + flip) and tiled argmax."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from segformer import create_model
+from segformer.constants import IMAGE_MEAN, IMAGE_STD
+from segformer.inference import Segmenter, resize_rows, sliding_windows, view_size
+
+K = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("b0", num_classes=K).eval()
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+class Symmetric(nn.Module):
+    """A left-right symmetric model: the mean of f(x) and the mirror of f(mirrored x)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.num_classes = inner.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.inner(x) + self.inner(x.flip(-1)).flip(-1)) / 2
+
+
+def reference_scores(model, image, sizes, flip):
+    """Hand-written mmseg aug_test: per scale (and flip) resize, normalise, forward, resize back, softmax; mean."""
+    h, w = image.shape[:2]
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    mean, std = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    probs = []
+    with torch.no_grad():
+        for size in sizes:
+            xr = F.interpolate(x, size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+            xr = (xr - mean) / std
+            for flipped in (False, True) if flip else (False,):
+                logits = model(xr.flip(-1) if flipped else xr)
+                logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
+                probs.append((logits.flip(-1) if flipped else logits).softmax(1)[0])
+    return torch.stack(probs).mean(0)
+
+
+@pytest.mark.parametrize(
+    ("hw", "scale", "ratio", "expected"),
+    [
+        ((512, 683), (2048, 512), 1.0, (512, 683)),  # ADE-like: already at the short side 512
+        ((375, 500), (2048, 512), 1.0, (512, 683)),  # factor 512/375; 500 * 1.3653 = 682.67 -> 683
+        ((100, 3000), (2048, 512), 1.0, (68, 2048)),  # long side bound: factor 2048/3000
+        ((512, 683), (2048, 512), 0.875, (448, 598)),  # scale (1792, 448); 683 * 0.875 = 597.6 -> 598
+        ((1024, 2048), (2048, 1024), 0.75, (768, 1536)),  # Cityscapes ratio 0.75
+        ((1024, 2048), (2048, 1024), 1.75, (1792, 3584)),  # Cityscapes ratio 1.75
+        ((45, 71), None, 0.5, (23, 36)),  # no scale: 22.5 -> 23, 35.5 -> 36 (half up)
+    ],
+)
+def test_resize_follows_mmcv_keep_ratio_rule(hw, scale, ratio, expected):
+    assert view_size(*hw, scale, ratio) == expected
+
+
+def test_sliding_windows_match_mmseg_grid():
+    # h: max(100 - 64 + 47, 0) // 48 + 1 = 2 rows, the second pushed back to end at 100; w: 2 columns ending at 70.
+    assert sliding_windows(100, 70, (64, 64), (48, 48)) == [
+        (0, 64, 0, 64),
+        (0, 64, 6, 70),
+        (36, 100, 0, 64),
+        (36, 100, 6, 70),
+    ]
+    assert sliding_windows(30, 40, (64, 64), (48, 48)) == [(0, 30, 0, 40)]  # smaller than the crop: one window
+
+
+def test_resize_rows_tiles_stitch_exactly_and_match_interpolate():
+    x = torch.randn(2, 3, 13, 17, generator=torch.Generator().manual_seed(1))
+    for size in [(101, 77), (5, 40), (13, 17)]:
+        full = resize_rows(x, size, slice(0, size[0]))
+        tiles = torch.cat([resize_rows(x, size, slice(r, min(r + 7, size[0]))) for r in range(0, size[0], 7)], dim=2)
+        assert torch.equal(tiles, full)
+        torch.testing.assert_close(full, F.interpolate(x, size, mode="bilinear", align_corners=False))
+
+
+@pytest.mark.parametrize("crop", [(40, 52), (64, 64)])
+def test_slide_with_one_window_equals_whole(model, crop):
+    image = random_image(40, 52)
+    whole = Segmenter(model, mode="whole", scale=None).predict_logits(image)
+    slide = Segmenter(model, mode="slide", scale=None, crop=crop, stride=(32, 32)).predict_logits(image)
+    torch.testing.assert_close(slide, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_slide_averages_overlapping_windows(model):
+    image = random_image(40, 52, seed=3)
+    x = (
+        torch.from_numpy(image).permute(2, 0, 1)[None].float() - torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    ) / torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    total, count = torch.zeros(1, K, 40, 52), torch.zeros(1, 1, 40, 52)
+    with torch.no_grad():
+        for y1, x1 in [(0, 0), (0, 20), (8, 0), (8, 20)]:  # crop 32x32, stride 24: y in {0, 8}, x in {0, 20}
+            logits = model(x[:, :, y1 : y1 + 32, x1 : x1 + 32])
+            total[:, :, y1 : y1 + 32, x1 : x1 + 32] += F.interpolate(logits, (32, 32), mode="bilinear")
+            count[:, :, y1 : y1 + 32, x1 : x1 + 32] += 1
+    got = Segmenter(model, mode="slide", scale=None, crop=(32, 32), stride=(24, 24)).predict_logits(image)
+    torch.testing.assert_close(got, (total / count)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_flip_of_a_symmetric_model_changes_nothing(model):
+    image = random_image(37, 50, seed=1)
+    symmetric = Symmetric(model)
+    plain = Segmenter(symmetric, scale=(64, 32))
+    flipped = Segmenter(symmetric, scale=(64, 32), flip=True)
+    torch.testing.assert_close(flipped.predict_logits(image).exp(), plain.predict_logits(image).softmax(0))
+    np.testing.assert_array_equal(flipped.predict(image), plain.predict(image))
+    # the same test is not vacuous: the asymmetric model's flipped view does change the scores
+    base = Segmenter(model, scale=(64, 32)).predict_logits(image).softmax(0)
+    assert not torch.allclose(Segmenter(model, scale=(64, 32), flip=True).predict_logits(image).exp(), base, atol=1e-3)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_multi_scale_average_equals_reference(model, flip):
+    image = random_image(70, 94, seed=2)
+    # scale (128, 64) x 0.5 = (64, 32): factor 32/70 -> 32 x 42.97 -> (32, 43); x 1.0: factor 64/70 -> (64, 86)
+    expected = reference_scores(model, image, [(32, 43), (64, 86)], flip)
+    segmenter = Segmenter(model, scale=(128, 64), aug_ratios=(0.5, 1.0), flip=flip)
+    torch.testing.assert_close(segmenter.predict_logits(image).exp(), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("mode", "hw"),
+    [("whole", (17, 23)), ("whole", (45, 71)), ("slide", (31, 200)), ("slide", (130, 90)), ("whole", (300, 90))],
+)
+def test_outputs_have_the_input_size(model, mode, hw):
+    # (17, 23) at ratio 0.75 is 24×32 and (31, 200) is 10×64, below MIN_INPUT_SIZE (padded); (300, 90) and
+    # (130, 90) exceed the scale (64, 32); slide windows are smaller than the crop.
+    image = random_image(*hw)
+    segmenter = Segmenter(model, mode=mode, scale=(64, 32), crop=(32, 32), stride=(21, 21), aug_ratios=(0.75, 1.25))
+    logits = segmenter.predict_logits(image)
+    labels = segmenter.predict(image)
+    assert logits.shape == (K, *hw) and labels.shape == hw and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, logits.argmax(0).numpy())
+
+
+@pytest.mark.parametrize("options", [{}, {"aug_ratios": (0.5, 1.0), "flip": True}, {"mode": "slide", "crop": (32, 32)}])
+def test_tiled_argmax_equals_untiled(model, options):
+    image = random_image(61, 83, seed=4)
+    untiled = Segmenter(model, scale=(64, 32), **options)
+    tiled = Segmenter(model, scale=(64, 32), max_elements=K * 83 * 5, **options)  # 5 rows per tile
+    expected = untiled.predict_logits(image).argmax(0).numpy()
+    np.testing.assert_array_equal(untiled.predict(image), expected)
+    np.testing.assert_array_equal(tiled.predict(image), expected)
+
+
+def test_predict_batch_and_pil_input_agree_with_single_predictions(model):
+    a, b, c = random_image(40, 50, 5), random_image(40, 50, 6), random_image(33, 60, 7)
+    segmenter = Segmenter(model, scale=(64, 32))
+    batch = segmenter.predict_batch([a, b, Image.fromarray(c)])
+    for got, image in zip(batch, [a, b, c], strict=True):
+        assert (got == segmenter.predict(image)).mean() > 0.999  # batched convolutions may round differently
+
+
+def test_for_dataset_uses_the_official_protocol(model):
+    city = Segmenter.for_dataset(model, "cityscapes", aug=True)
+    assert (city.mode, city.scale, city.crop, city.stride) == ("slide", (2048, 1024), (1024, 1024), (768, 768))
+    assert city.ratios == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and city.num_views == 12
+    ade = Segmenter.for_dataset(model, "ade20k", scale=(1024, 256))
+    assert (ade.mode, ade.scale, ade.ratios, ade.num_views) == ("whole", (1024, 256), (1.0,), 1)
+    assert Segmenter.for_dataset(model, "ade20k", aug=True).ratios == (0.75, 0.875, 1.0, 1.125, 1.25)
+
+
+def test_bad_input_is_named(model):
+    segmenter = Segmenter(model)
+    with pytest.raises(ValueError, match="H×W×3 uint8"):
+        segmenter.predict(np.zeros((20, 20), np.uint8))
+    with pytest.raises(ValueError, match="mode must be"):
+        Segmenter(model, mode="tiles")
