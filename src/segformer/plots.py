@@ -32,7 +32,12 @@ def _label(value: float) -> str:
 
 
 def draw_panel(
-    draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: Series, title: str, colour: tuple[int, int, int]
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    series: Series,
+    title: str,
+    colour: tuple[int, int, int],
+    y_from_zero: bool = False,
 ) -> None:
     """Axes with ticks, grid and labels in ``box`` (x0, y0, x1, y1), and ``series`` as a line with points."""
     font = ImageFont.load_default()
@@ -45,7 +50,7 @@ def draw_panel(
         return
     xs, ys = [p[0] for p in series], [p[1] for p in series]
     x_ticks = nice_ticks(0, max(xs))
-    y_ticks = nice_ticks(min(ys), max(ys))
+    y_ticks = nice_ticks(0 if y_from_zero else min(ys), max(ys))
 
     def to_pixel(x: float, y: float) -> tuple[float, float]:
         px = x0 + (x - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * (x1 - x0)
@@ -79,5 +84,5 @@ def plot_curves(records: Sequence[dict], path: str | Path, size: tuple[int, int]
     draw = ImageDraw.Draw(image)
     half = size[0] // 2
     draw_panel(draw, (0, 0, half, size[1]), loss, "training loss", (31, 119, 180))
-    draw_panel(draw, (half, 0, size[0], size[1]), miou, "validation mIoU", (214, 39, 40))
+    draw_panel(draw, (half, 0, size[0], size[1]), miou, "validation mIoU", (214, 39, 40), y_from_zero=True)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -13,7 +13,6 @@ Only rank 0 writes files and shows the progress bar.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -42,6 +41,7 @@ from segformer.training.distributed import (
     init_distributed,
 )
 from segformer.training.optim import build_optimizer, set_lr
+from segformer.training.runlog import RunLog
 from segformer.transforms import train_transforms
 
 
@@ -162,50 +162,6 @@ def build_datasets(recipe: Recipe) -> tuple:
         build_dataset(key, recipe.data.root, "train", **options),
         build_dataset(key, recipe.data.root, "val", **options),
     )
-
-
-class RunLog:
-    """``metrics.jsonl`` records, TensorBoard scalars (when installed) and ``curves.png`` of rank 0."""
-
-    def __init__(self, run_dir: Path, enabled: bool, resume_from: int | None) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.curves = run_dir / "curves.png"
-        self.enabled = enabled
-        self.records: list[dict] = []
-        self.writer = None
-        if not enabled:
-            return
-        if resume_from is not None and self.path.is_file():  # drop what a killed run logged after its checkpoint
-            lines = self.path.read_text().splitlines()
-            self.records = [r for r in map(json.loads, filter(None, lines)) if r["iter"] <= resume_from]
-        text = "".join(json.dumps(r) + "\n" for r in self.records)
-        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_from)
-
-    def log(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "iter" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, record["iter"])
-
-    def plot(self) -> None:
-        if self.enabled:
-            from segformer.plots import plot_curves
-
-            plot_curves(self.records, self.curves)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def training_state(
@@ -379,15 +335,15 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, env: Distributed) -> dic
                 log.log({"iter": done, **{k: float(metrics[k]) for k in ("mIoU", "mAcc", "aAcc")}})
                 log.plot()
             if improved:
-                state = training_state(model, optimizer, scaler, done, done * accumulate, best, env)
+                checkpoint = training_state(model, optimizer, scaler, done, done * accumulate, best, env)
                 if env.is_main:
-                    save_checkpoint(best_path, state)
+                    save_checkpoint(best_path, checkpoint)
                     model.save_pretrained(str(run_dir / "best"))
 
         if (schedule.ckpt_interval and done % schedule.ckpt_interval == 0) or done == schedule.iters:
-            state = training_state(model, optimizer, scaler, done, done * accumulate, best, env)
+            checkpoint = training_state(model, optimizer, scaler, done, done * accumulate, best, env)
             if env.is_main:
-                save_checkpoint(last_path, state)
+                save_checkpoint(last_path, checkpoint)
     bar.close()
     log.plot()
     log.close()

@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from segformer.recipe import load_recipe, packaged_recipes
@@ -45,5 +46,9 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or Path("runs") / Path(args.recipe).stem)
     if args.data_root:
         recipe.data.root = str(Path(args.data_root).expanduser().resolve())
-    train(recipe, run_dir, resume=bool(args.resume), device=args.device)
+    try:
+        train(recipe, run_dir, resume=bool(args.resume), device=args.device)
+    except FloatingPointError as e:  # a diverged run: say where it stopped and what was kept, no traceback
+        print(f"segformer train: {e}", file=sys.stderr)
+        return 1
     return 0

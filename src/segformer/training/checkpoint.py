@@ -52,7 +52,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write a training state (see ``training_state``) atomically to ``path``."""
+    """Write a training state (``segformer.train.training_state``) atomically to ``path``."""
     atomic_torch_save(path, {"format": FORMAT, **state})
 
 
