@@ -83,14 +83,15 @@ def resize_rows(x: torch.Tensor, size: tuple[int, int], rows: slice) -> torch.Te
     """Rows ``rows`` of ``x`` (…×h×w) resized bilinearly (align_corners False) to ``size``, computed alone.
 
     Equals ``F.interpolate(x, size, mode="bilinear", align_corners=False)[..., rows, :]`` up to float
-    rounding; every value is computed the same way whatever the tile, so tiles stitch into exactly the
-    untiled result.
+    rounding. Only the source rows the tile needs are widened (by ``F.interpolate``), then blended
+    row by row; every value is computed the same way whatever the tile, so tiles stitch into exactly
+    the untiled result.
     """
-    (height, width), (h, w) = size, x.shape[-2:]
+    (height, width), h = size, x.shape[-2]
     i0, i1, a0, a1 = _linear_weights(h, height, rows.start, rows.stop, x.device)
-    t = x[..., i0, :] * a0[:, None] + x[..., i1, :] * a1[:, None]
-    j0, j1, b0, b1 = _linear_weights(w, width, 0, width, x.device)
-    return t[..., j0].mul_(b0).add_(t[..., j1].mul_(b1))
+    first, last = int(i0[0]), int(i1[-1]) + 1
+    wide = F.interpolate(x[..., first:last, :], (last - first, width), mode="bilinear", align_corners=False)
+    return wide[..., i0 - first, :].mul_(a0[:, None]).add_(wide[..., i1 - first, :].mul_(a1[:, None]))
 
 
 def _as_array(image: ImageLike) -> np.ndarray:
