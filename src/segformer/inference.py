@@ -249,11 +249,10 @@ class Segmenter:
         height, width = x.shape[-2:]
         for ratio in self.ratios:
             size = view_size(height, width, self.scale, ratio)
-            resized = (
-                x
-                if size == (height, width)
-                else F.interpolate(x, size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
-            )
+            if size != (height, width):  # bilinear, rounded to integers as OpenCV's uint8 resize in mmseg
+                resized = F.interpolate(x, size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
+            else:
+                resized = x
             resized = (resized - self._mean) / self._std
             for flip in self.flips:
                 view = resized.flip(-1) if flip else resized
@@ -267,9 +266,8 @@ class Segmenter:
         if not (pad_h or pad_w):
             return self.model(x)
         logits = self.model(F.pad(x, (0, pad_w, 0, pad_h)))
-        return F.interpolate(logits, (height + pad_h, width + pad_w), mode="bilinear", align_corners=False)[
-            ..., :height, :width
-        ]
+        padded = F.interpolate(logits, (height + pad_h, width + pad_w), mode="bilinear", align_corners=False)
+        return padded[..., :height, :width]
 
     def _slide(self, x: torch.Tensor) -> torch.Tensor:
         """mmseg ``slide_inference``: window logits resized to their window, overlaps averaged."""
