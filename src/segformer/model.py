@@ -69,6 +69,16 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * mask / keep
 
 
+def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """View B×(h·w)×C tokens as a B×C×h×w map; no copy: the map is channels-last in memory."""
+    return x.unflatten(1, (h, w)).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """B×C×h×w map to B×(h·w)×C tokens; a view when the map is channels-last (convs keep that layout)."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
 class DropPath(nn.Module):
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -92,7 +102,7 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         h, w = x.shape[-2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), h, w
+        return self.norm(map_to_tokens(x)), h, w
 
 
 class EfficientSelfAttention(nn.Module):
@@ -111,16 +121,14 @@ class EfficientSelfAttention(nn.Module):
             self.norm = nn.LayerNorm(dim, eps=1e-5)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        b, n, c = x.shape
         heads = self.num_heads
-        q = self.q(x).reshape(b, n, heads, c // heads).transpose(1, 2)
+        q = self.q(x).unflatten(-1, (heads, -1)).transpose(1, 2)  # B×heads×N×d
         if self.sr_ratio > 1:
-            x = self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
-            x = self.norm(x)
-        k, v = self.kv(x).reshape(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+            x = self.norm(map_to_tokens(self.sr(tokens_to_map(x, h, w))))
+        k, v = self.kv(x).unflatten(-1, (2, heads, -1)).permute(2, 0, 3, 1, 4)
         dropout = self.attn_drop if self.training else 0.0
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+        return self.proj(x.transpose(1, 2).flatten(2))
 
 
 class DWConv(nn.Module):
@@ -131,9 +139,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        b, n, c = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w))
-        return x.flatten(2).transpose(1, 2)
+        return map_to_tokens(self.dwconv(tokens_to_map(x, h, w)))
 
 
 class MixFFN(nn.Module):
@@ -217,7 +223,7 @@ class MixTransformer(nn.Module):
             x, h, w = embed(x)
             for block in blocks:
                 x = block(x, h, w)
-            x = norm(x).transpose(1, 2).reshape(x.shape[0], -1, h, w)
+            x = tokens_to_map(norm(x), h, w)
             features.append(x)
         return features
 
@@ -271,13 +277,16 @@ class AllMLPDecoder(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(dim, num_classes, 1)
         self.fast = fast
+        self._fused_cache: tuple[tuple, tuple[list[torch.Tensor], torch.Tensor, bool]] | None = None
 
     def projections(self) -> list[nn.Linear]:
         return [getattr(self, f"linear_c{i + 1}").proj for i in range(4)]
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = self.fuse_fast(features) if self.fast else self.fuse_reference(features)
-        return self.linear_pred(self.dropout(x))
+        if not self.fast:
+            return self.linear_pred(self.dropout(self.fuse_reference(features)))
+        pred = self.linear_pred
+        return pointwise(self.dropout(self.fuse_fast(features)), pred.weight.flatten(1), pred.bias)
 
     def fuse_reference(self, features: list[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[-2:]
@@ -291,34 +300,67 @@ class AllMLPDecoder(nn.Module):
         return F.relu(fuse.bn(fuse.conv(torch.cat(maps[::-1], dim=1))))
 
     def fuse_fast(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Σ_i up(W_i L_i c_i + W_i b_i), with W_i the fuse slice for stage i ([c4, c3, c2, c1] order).
+        """Σ_i up(W_i L_i c_i) + Σ_i W_i b_i, with W_i the fuse slice for stage i ([c4, c3, c2, c1] order).
 
-        In eval mode the BatchNorm affine folds into the per-stage weights; in training mode the
-        batch statistics are taken on the fused sum as in the reference form.
+        Upsampling keeps constants, so the biases are summed once and added at stage 1, which is
+        already at the output size. In eval mode the BatchNorm affine folds into the weights and
+        that bias; in training mode the batch statistics are taken on the fused sum as in the
+        reference form.
         """
+        weights, bias, folded = self.fused_weights()
+        size = features[0].shape[-2:]
+        out = pointwise(features[0], weights[0], bias)
+        for f, weight in zip(features[1:], weights[1:], strict=True):
+            out += F.interpolate(pointwise(f, weight), size=size, mode="bilinear", align_corners=False)
+        if not folded:
+            out = self.linear_fuse.bn(out)
+        return F.relu_(out)
+
+    def fused_weights(self) -> tuple[list[torch.Tensor], torch.Tensor, bool]:
+        """The per-stage weights W_i·L_i (stage order), the summed bias, and whether BatchNorm is folded in.
+
+        Computed in fp32 with autocast off, then cast to the parameters' dtype, so bf16/fp16 runs
+        round the fused weights once. Without autograd in eval mode the result is cached until a
+        parameter changes (in-place update, ``load_state_dict``, ``.to()``).
+        """
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return self._fuse_weights()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._fuse_inputs())
+        if self._fused_cache is None or self._fused_cache[0] != key:
+            self._fused_cache = (key, self._fuse_weights())
+        return self._fused_cache[1]
+
+    def _fuse_inputs(self) -> list[torch.Tensor]:
+        bn = self.linear_fuse.bn
+        tensors = [self.linear_fuse.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var]
+        return tensors + [t for proj in self.projections() for t in (proj.weight, proj.bias)]
+
+    def _fuse_weights(self) -> tuple[list[torch.Tensor], torch.Tensor, bool]:
         fuse = self.linear_fuse
         bn = fuse.bn
         dim = bn.num_features
-        w_fuse = fuse.conv.weight.reshape(dim, -1)
+        dtype = fuse.conv.weight.dtype
+        device_type = fuse.conv.weight.device.type
         fold = not (bn.training or bn.running_mean is None)
-        if fold:
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            w_fuse = w_fuse * scale[:, None]
-        size = features[0].shape[-2:]
-        out = None
-        for i, (f, proj) in enumerate(zip(features, self.projections(), strict=True)):
-            w_slice = w_fuse[:, (3 - i) * dim : (4 - i) * dim]
-            weight = w_slice @ proj.weight
-            bias = w_slice @ proj.bias
-            y = F.conv2d(f, weight[:, :, None, None], bias)
-            if y.shape[-2:] != size:
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            out = y if out is None else out + y
-        if fold:
-            out = out + (bn.bias - bn.running_mean * scale)[None, :, None, None]
-        else:
-            out = bn(out)
-        return F.relu(out)
+        with torch.autocast(device_type, enabled=False):
+            w_fuse = fuse.conv.weight.float().reshape(dim, -1)
+            if fold:
+                scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
+                w_fuse = w_fuse * scale[:, None]
+                bias = bn.bias.float() - bn.running_mean.float() * scale
+            else:
+                bias = w_fuse.new_zeros(dim)
+            weights = []
+            for i, proj in enumerate(self.projections()):
+                w_slice = w_fuse[:, (3 - i) * dim : (4 - i) * dim]
+                weights.append((w_slice @ proj.weight.float()).to(dtype))
+                bias = bias + w_slice @ proj.bias.float()
+        return weights, bias.to(dtype), fold
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1×1 conv as one matrix product over channels; the result is a channels-last B×C'×h×w map."""
+    return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
 
 
 class SegFormer(nn.Module):

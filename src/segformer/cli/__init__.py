@@ -14,6 +14,8 @@ import sys
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "convert a checkpoint of any layout to ours or to transformers' layout"),
+    "export": ("export", "export to ONNX or torch.export (.pt2) with dynamic batch, height and width"),
+    "benchmark": ("benchmark", "latency, GMACs and peak memory, optionally against transformers"),
     "predict": ("predict", "segment images: label PNGs and overlays with a legend"),
     "eval": ("eval", "mIoU of a model on a dataset split (torchrun for several processes)"),
     "train": ("train", "train with a recipe (paper settings packaged), resumable, torchrun for several GPUs"),

@@ -1,0 +1,352 @@
+"""Speed, multiply-adds and peak memory of SegFormer, optionally side by side with transformers' model.
+
+Every model in a comparison is built from the same weights and run on the same input in the same
+process; timings are interleaved (one run of each model per round) so that load from other
+processes hits all of them alike, and the latency is the median over rounds after warm-up.
+
+* GMACs: multiply-accumulates counted by ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs / 2),
+  the unit of the paper's "GFLOPs". Counted after warm-up, so our cached fused decoder weights
+  (eval mode) are not counted; a training step counts forward and backward.
+* Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during one step minus the memory
+  allocated before it; on CPU the rise of the peak resident set size (``ru_maxrss``) over the RSS
+  before the step, measured in a fresh subprocess per model and case (Linux: the peak is reset to
+  the current RSS through ``/proc/self/clear_refs`` just before the step).
+* transformers' model (``--compare-hf``) is ``SegformerForSemanticSegmentation`` loaded from our
+  weights saved in its layout, with ``attn_implementation`` "eager" and "sdpa". Our model is then
+  built with ``layer_norm_eps=1e-5`` (transformers' value) so that outputs are comparable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segformer.model import SegFormer
+
+HF_IMPLS = ("hf-eager", "hf-sdpa")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark setting."""
+
+    variant: str
+    height: int
+    width: int
+    batch_size: int = 1
+    device: str = "cpu"
+    dtype: str = "fp32"
+    train: bool = False
+    num_classes: int = 150
+    compile: bool = False
+
+    @property
+    def label(self) -> str:
+        mode = "train" if self.train else "infer"
+        return f"{self.variant} {self.height}x{self.width} b{self.batch_size} {self.dtype} {mode}"
+
+
+@dataclass
+class Result:
+    """Measurements of one model on one case."""
+
+    case: Case
+    impl: str  # "ours", "hf-eager" or "hf-sdpa"
+    params_m: float
+    gmacs: float
+    latencies_s: list[float]
+    peak_mib: float | None = None
+    max_abs_diff: float | None = None  # vs our model's output on the same input
+    speedup: float | None = None  # best transformers latency / this latency (ours only)
+
+    @property
+    def latency_ms(self) -> float:
+        return statistics.median(self.latencies_s) * 1e3
+
+    @property
+    def images_per_s(self) -> float:
+        return self.case.batch_size / statistics.median(self.latencies_s)
+
+
+def save_weights(case: Case, directory: Path, weights: str | None = None, seed: int = 0) -> Path:
+    """Write the weights every model of ``case`` is built from: ``directory/ours`` and ``directory/hf``.
+
+    Random (seeded) unless ``weights`` names a checkpoint. Drop path and dropout are 0 so that
+    training steps are deterministic and comparable between implementations.
+    """
+    from segformer.pretrained import from_pretrained
+
+    options = {"drop_path_rate": 0.0, "decoder_dropout": 0.0}
+    if weights is None:
+        torch.manual_seed(seed)
+        model = SegFormer(case.variant, case.num_classes, **options)
+    else:
+        model = from_pretrained(weights, **options)
+    model.save_pretrained(directory / "ours")
+    model.save_pretrained(directory / "hf", layout="hf")
+    return directory
+
+
+def load_model(impl: str, directory: Path, case: Case, compare_hf: bool) -> nn.Module:
+    """Our model or transformers' (``impl``), on the case's device, in train or eval mode."""
+    if impl == "ours":
+        from segformer.pretrained import from_pretrained
+
+        options = {"layer_norm_eps": 1e-5} if compare_hf else {}
+        model = from_pretrained(directory / "ours", **options)
+    else:
+        from transformers import SegformerForSemanticSegmentation
+
+        attention = impl.removeprefix("hf-")
+        model = SegformerForSemanticSegmentation.from_pretrained(directory / "hf", attn_implementation=attention)
+    model = model.to(case.device).train(case.train)
+    if case.compile and impl == "ours":
+        model = torch.compile(model)
+    return model
+
+
+def logits_of(model: nn.Module, impl: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model as pixels → logits (transformers returns an output object)."""
+    if impl == "ours":
+        return model
+    return lambda x: model(pixel_values=x).logits
+
+
+def make_inputs(case: Case, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random image batch and a random label map with some ignored pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.batch_size, 3, case.height, case.width, generator=generator)
+    labels = torch.randint(0, case.num_classes, (case.batch_size, case.height, case.width), generator=generator)
+    labels[:, :4] = IGNORE_INDEX
+    return x.to(case.device), labels.to(case.device)
+
+
+def make_step(model: nn.Module, impl: str, case: Case, x: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+    """One inference forward (``inference_mode``) or one training step (forward, loss, backward, AdamW)."""
+    forward = logits_of(model, impl)
+    autocast = torch.autocast(case.device, dtype=DTYPES[case.dtype], enabled=case.dtype != "fp32")
+    if not case.train:
+
+        def infer() -> None:
+            with torch.inference_mode(), autocast:
+                forward(x)
+
+        return infer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
+
+    def train() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            logits = forward(x)
+        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX).backward()
+        optimizer.step()
+
+    return train
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_interleaved(
+    steps: dict[str, Callable[[], None]], device: str, repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each step, one call of each per round, after ``warmup`` untimed rounds."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(warmup + repeats):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def count_gmacs(step: Callable[[], None]) -> float:
+    """Multiply-accumulates (10⁹) of one step: FlopCounterMode's FLOPs / 2.
+
+    Two formulas are supplied: the CPU flash-attention kernels, which the counter does not know,
+    and the convolution backward, whose built-in formula ignores groups (it would count a
+    depthwise conv's weight gradient as a dense conv's).
+    """
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+
+    def attention(query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    def attention_backward(grad_out, query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    def conv_backward(grad_out, x, weight, *args, out_shape, **kwargs) -> int:
+        output_mask = args[-1]  # (grad_input, grad_weight, grad_bias); each gradient costs one forward
+        return flop_counter.conv_flop_count(x, weight, grad_out) * (int(output_mask[0]) + int(output_mask[1]))
+
+    fixes = {
+        aten._scaled_dot_product_flash_attention_for_cpu: attention,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: attention_backward,
+        aten.convolution_backward: conv_backward,
+    }
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=fixes) as counter:
+        step()
+    return counter.get_total_flops() / 2e9
+
+
+def output_of(model: nn.Module, impl: str, case: Case, x: torch.Tensor) -> torch.Tensor:
+    """The logits in the case's mode and dtype, without touching the weights (no optimiser step)."""
+    autocast = torch.autocast(case.device, dtype=DTYPES[case.dtype], enabled=case.dtype != "fp32")
+    with torch.no_grad(), autocast:
+        return logits_of(model, impl)(x).float()
+
+
+def _resident_bytes() -> int:
+    """Current RSS; also resets the peak RSS to it (Linux ``clear_refs``) so loading transients do not count."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_mib(impl: str, directory: Path, case: Case, compare_hf: bool, threads: int | None = None) -> float:
+    """Peak memory rise (MiB) during one step: CUDA allocator peak, or CPU peak RSS in a fresh subprocess."""
+    if case.device.startswith("cuda"):
+        model = load_model(impl, directory, case, compare_hf)
+        step = make_step(model, impl, case, *make_inputs(case))
+        step()  # first call: lazy initialisation (cuDNN, optimiser state) is not part of the steady state
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    job = json.dumps({"impl": impl, "directory": str(directory), "case": asdict(case), "compare_hf": compare_hf})
+    code = f"import segformer.benchmark as b; b._cpu_peak_rss_child({job!r}, {threads!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory measurement of {impl} on {case.label} failed:\n{done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _cpu_peak_rss_child(job: str, threads: int | None) -> None:
+    """Runs in a fresh interpreter: print the peak RSS rise (MiB) of one step."""
+    spec = json.loads(job)
+    if threads:
+        torch.set_num_threads(threads)
+    case = Case(**spec["case"])
+    model = load_model(spec["impl"], Path(spec["directory"]), case, spec["compare_hf"])
+    step = make_step(model, spec["impl"], case, *make_inputs(case))
+    step()  # first call: lazy initialisation (kernels, code pages, optimiser state) is not the steady state
+    before = _resident_bytes()
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(max(peak - before, 0) / 2**20)
+
+
+def run_case(
+    case: Case,
+    *,
+    compare_hf: bool = False,
+    repeats: int = 10,
+    warmup: int = 2,
+    memory: bool = True,
+    weights: str | None = None,
+    threads: int | None = None,
+) -> list[Result]:
+    """Measure our model (and transformers' two attention implementations) on one case."""
+    impls = ["ours", *(HF_IMPLS if compare_hf else ())]
+    with tempfile.TemporaryDirectory(prefix="segformer-bench-") as tmp:
+        directory = save_weights(case, Path(tmp), weights)
+        if weights is not None:  # the checkpoint decides the variant and classes
+            from segformer.pretrained import from_pretrained
+
+            config = from_pretrained(directory / "ours").config
+            case = replace(case, variant=config["variant"], num_classes=config["num_classes"])
+        x, labels = make_inputs(case)
+        models = {impl: load_model(impl, directory, case, compare_hf) for impl in impls}
+        reference = output_of(models["ours"], "ours", case, x)
+        diffs = {impl: (output_of(m, impl, case, x) - reference).abs().max().item() for impl, m in models.items()}
+        steps = {impl: make_step(m, impl, case, x, labels) for impl, m in models.items()}
+        times = time_interleaved(steps, case.device, repeats, warmup)
+        results = []
+        for impl, model in models.items():
+            results.append(
+                Result(
+                    case=case,
+                    impl=impl,
+                    params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+                    gmacs=count_gmacs(make_step(getattr(model, "_orig_mod", model), impl, case, x, labels)),
+                    latencies_s=times[impl],
+                    max_abs_diff=diffs[impl] if impl != "ours" else None,
+                )
+            )
+        del models, steps
+        if memory:
+            for result in results:
+                result.peak_mib = peak_memory_mib(result.impl, directory, case, compare_hf, threads)
+    if compare_hf:
+        best = min(r.latency_ms for r in results if r.impl != "ours")
+        results[0].speedup = best / results[0].latency_ms
+    return results
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(results: list[Result]) -> str:
+    """An aligned text table, one row per model and case."""
+    header = ("case", "model", "params M", "GMACs", "latency ms", "img/s", "peak MiB", "speed-up", "max |Δ|")
+    rows = [
+        (
+            r.case.label,
+            r.impl + (" (compiled)" if r.case.compile and r.impl == "ours" else ""),
+            f"{r.params_m:.2f}",
+            f"{r.gmacs:.2f}",
+            f"{r.latency_ms:.1f}",
+            f"{r.images_per_s:.2f}",
+            _fmt(r.peak_mib, ".0f"),
+            _fmt(r.speedup, ".2f") + ("×" if r.speedup is not None else ""),
+            _fmt(r.max_abs_diff, ".1e"),
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = []
+    for row in (header, *rows):
+        cells = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None):
+    """Temporarily set torch's intra-op thread count (None: leave it)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,80 @@
+"""ONNX export: `segformer export` writes a file that onnxruntime runs at other sizes, matching PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import segformer
+from segformer.cli import main as cli_main
+from segformer.export import EXPORT_MIN_SIZE, export_onnx
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # raised inside torch.export
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small inputs gain nothing from threads, and on a shared machine thread barriers stall."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[segformer.SegFormer, str, int, str]:
+    """A B0 with non-trivial BatchNorm statistics, exported once through the CLI (traced at 64×96).
+
+    Returns the model, the ONNX path, the command's exit status and its output.
+    """
+    torch.manual_seed(0)
+    model = segformer.create_model("b0", num_classes=6).eval()
+    bn = model.decode_head.linear_fuse.bn
+    with torch.no_grad():
+        bn.running_mean.normal_(0.0, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    folder = tmp_path_factory.mktemp("export")
+    model.save_pretrained(folder / "weights")
+    path = str(folder / "b0.onnx")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = cli_main(["export", "--weights", str(folder / "weights"), path, "--height", "64", "--width", "96"])
+    return model, path, status, out.getvalue()
+
+
+def test_export_cli_writes_a_model_with_dynamic_batch_and_size(exported):
+    model, path, status, out = exported
+    assert status == 0
+    assert f"wrote SegFormer-b0 (6 classes) to {path}" in out
+    assert "checked with onnxruntime" in out
+    graph = onnx.load(path).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3])), dims
+
+
+@pytest.mark.parametrize("batch, height, width", [(1, 256, 320), (2, 193, 257), (3, EXPORT_MIN_SIZE, 101)])
+def test_onnxruntime_matches_pytorch_at_other_sizes(exported, batch, height, width):
+    """Sizes other than the trace's (64×96), odd ones too: upsampling sizes come from the input shape."""
+    model, path, _, _ = exported
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height))
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    (got,) = session.run(["logits"], {"pixel_values": x.numpy()})
+    assert got.shape == expected.shape == (batch, 6, -(-height // 4), -(-width // 4))
+    assert np.abs(expected).mean() > 0.1
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_export_refuses_sizes_below_the_minimum(tmp_path):
+    model = segformer.create_model("b0", num_classes=3)
+    with pytest.raises(ValueError, match=f"export size 40×96: height and width must be >= {EXPORT_MIN_SIZE}"):
+        export_onnx(model, tmp_path / "m.onnx", 40, 96)
+    with pytest.raises(ValueError, match="opset 13 is too old"):
+        export_onnx(model, tmp_path / "m.onnx", opset=13)
