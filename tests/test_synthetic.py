@@ -51,7 +51,7 @@ def test_every_class_appears_and_colour_does_not_identify_the_class():
 
 def test_masks_depict_the_named_shapes():
     """Lone shapes clear of the border fill the share of their bounding box that their geometry implies."""
-    dataset = SyntheticDataset(400, (64, 64), seed=3)
+    dataset = SyntheticDataset(500, (64, 64), seed=3)
     found = {name: [] for name in SYNTHETIC_CLASSES[1:]}
     for i in range(len(dataset)):
         mask = dataset[i][1]
@@ -60,11 +60,12 @@ def test_masks_depict_the_named_shapes():
         if len(present) != 1 or min(ys.min(), xs.min()) == 0 or max(ys.max(), xs.max()) == 63:
             continue
         height, width = np.ptp(ys) + 1, np.ptp(xs) + 1
-        if abs(height - width) > 1:  # two overlapping instances, or a non-square box: skipped
+        name = SYNTHETIC_CLASSES[present[0]]
+        if name != "triangle" and abs(height - width) > 1:  # two overlapping instances (or a rotated cross)
             continue
         centre = mask[(ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2]
-        found[SYNTHETIC_CLASSES[present[0]]].append((len(ys) / (height * width), centre))
-    assert all(len(v) >= 4 for v in found.values()), {k: len(v) for k, v in found.items()}
+        found[name].append((len(ys) / (height * width), centre))
+    assert all(len(v) >= 3 for v in found.values()), {k: len(v) for k, v in found.items()}
     # disc: pi/4 of its box; ring: less, and its centre is the hole; square (any rotation): 1/2 to 1 with a
     # filled centre; equilateral triangle: at most 1/2 (+ pixel rounding); cross: its centre is filled.
     assert all(abs(fill - np.pi / 4) < 0.06 and centre == 1 for fill, centre in found["disc"])

@@ -1,7 +1,7 @@
 """A deterministic synthetic segmentation dataset: shapes that only their outline tells apart.
 
-Each scene is a textured background with 1-4 overlapping objects (disc, square, triangle, ring, cross) whose
-colours and textures are drawn per instance, so a model has to learn shape, not colour. Scenes are a pure
+Each scene is a dark textured background with 1-4 bright, overlapping objects (disc, square, triangle, ring,
+cross) whose colours and textures are drawn per instance, so a model has to learn shape, not colour. Scenes are a pure
 function of (seed, split, index): ``SyntheticDataset`` serves them from memory and ``write_synthetic`` writes
 them in the custom-folder layout that ``build_dataset("custom", root, split)`` reads back unchanged.
 """
@@ -24,29 +24,34 @@ SYNTHETIC_CLASSES = ("background", "disc", "square", "triangle", "ring", "cross"
 SYNTHETIC_PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
 
 
-def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """A random two-colour texture (flat, gradient, stripes or checks) as ``H × W × 3`` float32."""
-    low, high = rng.uniform(0, 255, (2, 3)).astype(np.float32)
-    angle = rng.uniform(0, np.pi)
-    along = xx * np.cos(angle) + yy * np.sin(angle)
+def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, base: np.ndarray, contrast: float) -> np.ndarray:
+    """A random texture (flat, gradient, fine stripes or pixel noise) between ``base`` and a colour near it.
+
+    The second colour differs from ``base`` by at most ``contrast`` per channel.
+
+    Returns:
+        ``H × W × 3`` float32 array (possibly a broadcast view).
+    """
+    other = np.clip(base + rng.uniform(-contrast, contrast, 3), 0, 255).astype(np.float32)
     kind = rng.integers(4)
     if kind == 0:
-        return np.broadcast_to(low, (*yy.shape, 3))
-    if kind == 1:
-        weight = (along - along.min()) / max(float(np.ptp(along)), 1.0)
-    elif kind == 2:
-        weight = (np.sin(along * (2 * np.pi / rng.uniform(6, 24))) > 0).astype(np.float32)
+        return np.broadcast_to(base.astype(np.float32), (*yy.shape, 3))
+    if kind == 3:
+        weight = rng.random(yy.shape, dtype=np.float32)
     else:
-        cell = rng.uniform(6, 24)
-        across = -xx * np.sin(angle) + yy * np.cos(angle)
-        weight = ((np.floor(along / cell) + np.floor(across / cell)) % 2).astype(np.float32)
-    return low + weight[..., None] * (high - low)
+        angle = rng.uniform(0, np.pi)
+        along = xx * np.cos(angle) + yy * np.sin(angle)
+        if kind == 1:
+            weight = (along - along.min()) / max(float(np.ptp(along)), 1.0)
+        else:
+            weight = (np.sin(along * (2 * np.pi / rng.uniform(4, 12))) > 0).astype(np.float32)
+    return base + weight[..., None] * (other - base)
 
 
 def _shape(kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Boolean mask of one randomly placed, sized and rotated shape of class ``kind`` (1..5)."""
     height, width = yy.shape
-    side = rng.uniform(0.2, 0.45) * min(height, width)
+    side = rng.uniform(0.25, 0.5) * min(height, width)
     dy, dx = yy - rng.uniform(0.1, 0.9) * height, xx - rng.uniform(0.1, 0.9) * width
     angle = rng.uniform(0, 2 * np.pi)
     u, v = dx * np.cos(angle) + dy * np.sin(angle), -dx * np.sin(angle) + dy * np.cos(angle)
@@ -70,7 +75,10 @@ def _shape(kind: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) 
 
 
 def generate_scene(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one scene: a textured background and 1-4 shapes painted over each other, plus pixel noise.
+    """Draw one scene: a dark textured background, 1-4 bright shapes painted over each other, pixel noise.
+
+    Every shape gets its own random colour (each channel in 130..255, the background's in 0..100) and texture,
+    so brightness separates objects from the background and only their outline tells the classes apart.
 
     Args:
         rng: the random generator; the scene is a pure function of its state.
@@ -81,14 +89,16 @@ def generate_scene(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.
     """
     height, width = size
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = _texture(rng, yy, xx).copy()
+    background = rng.uniform(0, 100, 3)
+    image = _texture(rng, yy, xx, background, contrast=40).copy()
     mask = np.zeros((height, width), dtype=np.uint8)
     for _ in range(rng.integers(1, 5)):
         kind = int(rng.integers(1, len(SYNTHETIC_CLASSES)))
         inside = _shape(kind, rng, yy, xx)
-        image[inside] = _texture(rng, yy, xx)[inside]
+        colour = rng.uniform(130, 255, 3)
+        image[inside] = _texture(rng, yy, xx, colour, contrast=40)[inside]
         mask[inside] = kind
-    image += rng.normal(0, rng.uniform(0, 12), image.shape).astype(np.float32)
+    image += rng.normal(0, rng.uniform(0, 6), image.shape).astype(np.float32)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
