@@ -23,15 +23,19 @@ def data_root(tmp_path_factory):
 
 
 def tiny_recipe(root, **values):
-    """The demo recipe on 64×64 images, batch 2, with drop path and dropout on (they draw random numbers)."""
+    """The demo recipe on 64×64 images, batch 2, photometric distortion, drop path and dropout on (all random)."""
     settings = {
         "schedule.iters": 4,
         "schedule.val_interval": 0,
         "schedule.ckpt_interval": 2,
         "schedule.log_interval": 1,
         "data.batch_size": 2,
+        "data.crop": "[64, 64]",
+        "data.scale": "[64, 64]",
+        "data.test_scale": "[64, 64]",
         "model.drop_path_rate": 0.1,
         "model.decoder_dropout": 0.1,
+        "data.photometric": "true",
         **values,
     }
     recipe = load_recipe("demo", [f"{k}={v}" for k, v in settings.items()])

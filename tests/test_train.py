@@ -172,10 +172,13 @@ def test_short_run_lowers_the_loss_and_raises_miou(tmp_path):
         "schedule.val_interval": 20,
         "schedule.log_interval": 5,
         "data.batch_size": 8,
+        "data.crop": "[64, 64]",
+        "data.scale": "[64, 64]",
+        "data.test_scale": "[64, 64]",
         "data.photometric": "false",
         "data.ratio_range": "[1.0, 1.0]",
         "optim.lr": 1e-3,
-        "clip_grad": 0.0,
+        "loss.class_weights": "[]",
     }
     recipe = load_recipe("demo", [f"{k}={v}" for k, v in settings.items()])
     recipe.data.root = str(root)

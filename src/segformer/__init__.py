@@ -7,6 +7,7 @@ from segformer.inference import Segmenter
 from segformer.metrics import ConfusionMatrix
 from segformer.model import MIN_INPUT_SIZE, VARIANTS, AllMLPDecoder, MixTransformer, SegFormer, create_model
 from segformer.pretrained import LoadWarning, from_pretrained, save_pretrained
+from segformer.recipe import Recipe, load_recipe
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "ConfusionMatrix",
     "LoadWarning",
     "MixTransformer",
+    "Recipe",
     "SegFormer",
     "SegmentationDataset",
     "Segmenter",
@@ -27,5 +29,6 @@ __all__ = [
     "create_model",
     "evaluate",
     "from_pretrained",
+    "load_recipe",
     "save_pretrained",
 ]

@@ -164,7 +164,7 @@ def packaged_recipes() -> list[str]:
 def recipe_text(name_or_path: str | Path) -> tuple[str, str]:
     """(TOML text, source description) of a recipe file path or a packaged recipe name."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: recipe file not found")
         return path.read_text(), str(path)

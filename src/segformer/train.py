@@ -211,17 +211,13 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False, device: str
 
 
 def _train(recipe: Recipe, run_dir: Path, resume: bool, env: Distributed) -> dict:
-    # --- run folder and the state to resume -------------------------------------------------------
+    # --- the state to resume ----------------------------------------------------------------------
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     state = None
     if resume:
         state = load_checkpoint(last_path)
     elif last_path.exists():
         raise ValueError(f"{run_dir} already holds a run (last.pt): resume it with --resume {run_dir} or pick --out")
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        text = dump_recipe(recipe, f"resolved recipe of the run in {run_dir}")
-        atomic_write(run_dir / "recipe.toml", lambda tmp: Path(tmp).write_text(text))
 
     # --- data -------------------------------------------------------------------------------------
     train_set, val_set = build_datasets(recipe)
@@ -247,6 +243,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, env: Distributed) -> dic
                 f"loss.class_weights has {len(recipe.loss.class_weights)} values for {model.num_classes} classes"
             )
         class_weights = torch.tensor(recipe.loss.class_weights, dtype=torch.float32, device=env.device)
+
+    if env.is_main:  # written once data and weights are found, so a misconfigured run leaves nothing behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        text = dump_recipe(recipe, f"resolved recipe of the run in {run_dir}")
+        atomic_write(run_dir / "recipe.toml", lambda tmp: Path(tmp).write_text(text))
 
     start, best = 0, {"mIoU": float("nan"), "iteration": 0}
     if state is not None:
