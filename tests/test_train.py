@@ -14,7 +14,7 @@ from segformer.model import create_model
 from segformer.plots import nice_ticks
 from segformer.pretrained import from_pretrained
 from segformer.recipe import load_recipe, packaged_recipes
-from segformer.train import segmentation_loss, train
+from segformer.train import autocast_dtype, build_model, segmentation_loss, train, train_step
 from segformer.training.optim import build_optimizer, set_lr
 
 torch.set_num_threads(1)
@@ -201,3 +201,46 @@ def test_curve_ticks_are_round_numbers_covering_the_data():
     assert nice_ticks(0, 0.83) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # raw step 0.166 -> 0.2
     assert nice_ticks(0, 160000) == [0, 50000, 100000, 150000, 200000]  # raw 32000 -> 50000
     assert nice_ticks(0.74, 0.81) == [0.74, 0.76, 0.78, 0.8, 0.82]  # raw 0.014 -> 0.02
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient_and_clipping_bounds_it():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1)  # any network returning logits; no BatchNorm, so accumulation is exact
+    images, masks = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4, 8, 8))
+    masks[0, :2] = 255
+    # oracle: autograd of mmseg's loss (mean over all pixels, ignored ones 0) on the whole batch at once
+    per_pixel = torch.nn.functional.cross_entropy(model(images), masks, ignore_index=255, reduction="none")
+    expected = torch.autograd.grad(per_pixel.mean(), model.weight)[0]
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    halves = [(images[:2], masks[:2]), (images[2:], masks[2:])]
+    loss = train_step(model, halves, optimizer, scaler, torch.device("cpu"))
+    torch.testing.assert_close(model.weight.grad, expected, rtol=1e-5, atol=1e-7)
+    assert loss.item() == pytest.approx(per_pixel.mean().item(), rel=1e-6)
+
+    train_step(model, halves, optimizer, scaler, torch.device("cpu"), clip_grad=1e-3)
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert norm.item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_fp16_needs_cuda_and_falls_back_to_fp32_with_a_warning():
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.warns(UserWarning, match="fp16 mixed precision needs a CUDA device"):
+        assert autocast_dtype("fp16", torch.device("cpu")) is None
+
+
+def test_init_from_a_backbone_only_checkpoint(tmp_path):
+    # an official ImageNet MiT file: backbone keys without "backbone.", plus a classifier head to drop
+    source = create_model("b0", num_classes=6)
+    state = {k.removeprefix("backbone."): v for k, v in source.state_dict().items() if k.startswith("backbone.")}
+    state |= {"head.weight": torch.zeros(1000, 256), "head.bias": torch.zeros(1000)}
+    torch.save(state, tmp_path / "mit_b0.pth")
+    recipe = load_recipe("demo", [f"model.init={str(tmp_path / 'mit_b0.pth')!r}"])
+    with pytest.warns(UserWarning, match="backbone-only"):
+        model = build_model(recipe, ["a", "b", "c"])
+    assert model.num_classes == 3 and model.class_names == ["a", "b", "c"]
+    for key, value in source.state_dict().items():
+        if key.startswith("backbone."):
+            assert torch.equal(model.state_dict()[key], value), key

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         if args.recipe or args.out:
             raise ValueError("--resume RUN_DIR continues with RUN_DIR/recipe.toml: pass no RECIPE nor --out")
         run_dir = Path(args.resume)
+        if not (run_dir / "last.pt").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no run to resume there ({run_dir / 'last.pt'} not found)")
         recipe = load_recipe(run_dir / "recipe.toml", args.overrides)
     else:
         if not args.recipe:
