@@ -8,9 +8,9 @@ processes hits all of them alike, and the latency is the median over rounds afte
   the unit of the paper's "GFLOPs". Counted after warm-up, so our cached fused decoder weights
   (eval mode) are not counted; a training step counts forward and backward.
 * Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during one step minus the memory
-  allocated before it; on CPU the rise of the peak resident set size (``ru_maxrss``) over the RSS
-  before the step, measured in a fresh subprocess per model and case (Linux: the peak is reset to
-  the current RSS through ``/proc/self/clear_refs`` just before the step).
+  allocated before it; on CPU the rise of the peak resident set size (``VmHWM``) over the RSS
+  before the step, in a fresh subprocess per model and case, after a warm-up step on a small
+  input (Linux: the peak is reset to the current RSS through ``/proc/self/clear_refs``).
 * transformers' model (``--compare-hf``) is ``SegformerForSemanticSegmentation`` loaded from our
   weights saved in its layout, with ``attn_implementation`` "eager" and "sdpa". Our model is then
   built with ``layer_norm_eps=1e-5`` (transformers' value) so that outputs are comparable.
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -220,12 +218,13 @@ def output_of(model: nn.Module, impl: str, case: Case, x: torch.Tensor) -> torch
         return logits_of(model, impl)(x).float()
 
 
-def _resident_bytes() -> int:
-    """Current RSS; also resets the peak RSS to it (Linux ``clear_refs``) so loading transients do not count."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _rss_bytes(field: str) -> int:
+    """``VmRSS`` (current) or ``VmHWM`` (peak) of this process, from ``/proc/self/status`` (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}: CPU peak memory needs Linux")
 
 
 def peak_memory_mib(impl: str, directory: Path, case: Case, compare_hf: bool, threads: int | None = None) -> float:
@@ -249,18 +248,25 @@ def peak_memory_mib(impl: str, directory: Path, case: Case, compare_hf: bool, th
 
 
 def _cpu_peak_rss_child(job: str, threads: int | None) -> None:
-    """Runs in a fresh interpreter: print the peak RSS rise (MiB) of one step."""
+    """Runs in a fresh interpreter: print the peak RSS rise (MiB) of one step.
+
+    A first step on a small input loads code pages and initialises lazily (kernels, optimiser
+    state) without leaving much freed memory in the heap; then the peak is reset to the current
+    RSS (``/proc/self/clear_refs``) and the real step runs.
+    """
     spec = json.loads(job)
     if threads:
         torch.set_num_threads(threads)
     case = Case(**spec["case"])
     model = load_model(spec["impl"], Path(spec["directory"]), case, spec["compare_hf"])
+    small = replace(case, height=64, width=64)
+    make_step(model, spec["impl"], small, *make_inputs(small))()
     step = make_step(model, spec["impl"], case, *make_inputs(case))
-    step()  # first call: lazy initialisation (kernels, code pages, optimiser state) is not the steady state
-    before = _resident_bytes()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _rss_bytes("VmRSS")
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(max(peak - before, 0) / 2**20)
+    print((_rss_bytes("VmHWM") - before) / 2**20)
 
 
 def run_case(
