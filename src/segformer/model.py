@@ -320,8 +320,8 @@ class AllMLPDecoder(nn.Module):
         scratch = torch.empty_like(out) if plain_inference() else None
         for f, weight in zip(features[1:], weights[1:], strict=True):
             y = pointwise(f, weight)
-            if scratch is None:
-                out += F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            if scratch is None:  # out of place: autograd through in-place updates of views is costly
+                out = out + F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             else:
                 out += torch.ops.aten.upsample_bilinear2d.out(y, list(size), False, None, None, out=scratch)
         if not folded:
