@@ -135,10 +135,16 @@ def make_inputs(case: Case, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(case.device), labels.to(case.device)
 
 
+def autocast_for(case: Case) -> torch.autocast:
+    """Autocast to the case's dtype (disabled for fp32)."""
+    device_type = torch.device(case.device).type
+    return torch.autocast(device_type, dtype=DTYPES[case.dtype], enabled=case.dtype != "fp32")
+
+
 def make_step(model: nn.Module, impl: str, case: Case, x: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
     """One inference forward (``inference_mode``) or one training step (forward, loss, backward, AdamW)."""
     forward = logits_of(model, impl)
-    autocast = torch.autocast(case.device, dtype=DTYPES[case.dtype], enabled=case.dtype != "fp32")
+    autocast = autocast_for(case)
     if not case.train:
 
         def infer() -> None:
@@ -213,7 +219,7 @@ def count_gmacs(step: Callable[[], None]) -> float:
 
 def output_of(model: nn.Module, impl: str, case: Case, x: torch.Tensor) -> torch.Tensor:
     """The logits in the case's mode and dtype, without touching the weights (no optimiser step)."""
-    autocast = torch.autocast(case.device, dtype=DTYPES[case.dtype], enabled=case.dtype != "fp32")
+    autocast = autocast_for(case)
     with torch.no_grad(), autocast:
         return logits_of(model, impl)(x).float()
 
