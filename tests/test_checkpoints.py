@@ -210,6 +210,9 @@ def test_hf_export_loads_in_transformers_with_our_logits(tmp_path):
     assert hf.config.id2label == {0: "a", 1: "b", 2: "c", 3: "d"}
     with torch.no_grad():
         theirs = hf(X).logits
+    # The mapping is checked on the reference decoder form, which rounds like transformers does; the
+    # fast form differs from it by float rounding only (tests/test_fast_path.py).
+    model.decode_head.fast = False
     torch.testing.assert_close(theirs, logits_of(model), atol=1e-5, rtol=1e-5)
 
 
