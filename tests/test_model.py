@@ -125,3 +125,8 @@ def test_official_initialisation():
     assert conv.bias.abs().max() == 0
     linear = model.backbone.block3[0].attn.q.weight
     assert linear.std().item() == pytest.approx(0.02, rel=0.1)  # timm's trunc_normal_ cuts at ±2 (absolute)
+    fuse = model.decode_head.linear_fuse.conv  # mmcv ConvModule: He-normal over fan-out = 768
+    assert fuse.weight.std().item() == pytest.approx((2 / 768) ** 0.5, rel=0.05)
+    pred = model.decode_head.linear_pred  # PyTorch's default: uniform within 1/sqrt(fan_in)
+    bound = 768**-0.5
+    assert pred.weight.abs().max() <= bound and pred.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)

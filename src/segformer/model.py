@@ -426,7 +426,10 @@ class SegFormer(nn.Module):
         cfg = VARIANTS[variant]
         self.backbone = MixTransformer(cfg, in_channels, drop_path_rate, layer_norm_eps)
         self.decode_head = AllMLPDecoder(cfg.widths, cfg.decoder_dim, num_classes, decoder_dropout)
-        self.apply(init_weights)
+        # Official: the encoder is initialised by its own scheme; the head keeps PyTorch's defaults except
+        # the fuse conv, which mmcv's ConvModule initialises He-normal over fan-out (the same rule).
+        self.backbone.apply(init_weights)
+        init_weights(self.decode_head.linear_fuse.conv)
 
     @property
     def num_classes(self) -> int:
