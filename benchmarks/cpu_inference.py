@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from segformer.cli import main
+from _run import run_cases
 
-COMMON = ["benchmark", "--compare-hf", "--threads", "2", "--no-memory", "--repeats", "10", "--warmup", "2"]
+COMMON = ["--compare-hf", "--threads", "2", "--no-memory", "--warmup", "2"]
+CASES = [
+    [*COMMON, "--variants", "b0", "--sizes", "512x512", "--repeats", "20"],
+    [*COMMON, "--variants", "b2", "--sizes", "512x512", "--repeats", "10"],
+    [*COMMON, "--variants", "b0", "--sizes", "1024x2048", "--repeats", "5"],
+]
 
 if __name__ == "__main__":
-    extra = sys.argv[1:]
-    status = main([*COMMON, "--variants", "b0", "b2", "--sizes", "512x512", *extra])
-    status = status or main([*COMMON, "--variants", "b0", "--sizes", "1024x2048", "--repeats", "5", *extra])
-    sys.exit(status)
+    sys.exit(run_cases(CASES, sys.argv[1:]))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from segformer.cli import main
+from _run import run_cases
+
+CASE = ["--compare-hf", "--variants", "b0", "--sizes", "1024x2048", "--threads", "2"]
 
 if __name__ == "__main__":
-    args = ["benchmark", "--compare-hf", "--variants", "b0", "--sizes", "1024x2048", "--threads", "2"]
-    sys.exit(main([*args, "--repeats", "1", "--warmup", "0", *sys.argv[1:]]))
+    sys.exit(run_cases([[*CASE, "--repeats", "1", "--warmup", "0"]], sys.argv[1:]))

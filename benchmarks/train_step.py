@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from segformer.cli import main
+from _run import run_cases
+
+CASE = ["--train", "--compare-hf", "--variants", "b0", "--sizes", "512x512", "--batch-size", "2", "--threads", "2"]
 
 if __name__ == "__main__":
-    args = ["benchmark", "--train", "--compare-hf", "--variants", "b0", "--sizes", "512x512", "--batch-size", "2"]
-    sys.exit(main([*args, "--threads", "2", "--repeats", "5", "--warmup", "1", "--no-memory", *sys.argv[1:]]))
+    sys.exit(run_cases([[*CASE, "--repeats", "5", "--warmup", "1", "--no-memory"]], sys.argv[1:]))
