@@ -320,8 +320,8 @@ class AllMLPDecoder(nn.Module):
         scratch = torch.empty_like(out) if plain_inference() else None
         for f, weight in zip(features[1:], weights[1:], strict=True):
             y = pointwise(f, weight)
-            if scratch is None:  # out of place: autograd through in-place updates of views is costly
-                out = out + F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            if scratch is None:
+                out += F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             else:
                 out += torch.ops.aten.upsample_bilinear2d.out(y, list(size), False, None, None, out=scratch)
         if not folded:
@@ -371,8 +371,11 @@ class AllMLPDecoder(nn.Module):
 
 
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """A 1×1 conv as one matrix product over channels; the result is a channels-last B×C'×h×w map."""
-    return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+    """A 1×1 conv with a C'×C weight; channels-last in, channels-last out.
+
+    Its result is a tensor of its own, not a view, so in-place sums on it stay cheap under autograd.
+    """
+    return F.conv2d(x, weight[:, :, None, None], bias)
 
 
 def classify(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
