@@ -13,6 +13,10 @@ channels, upsamples, concatenates [c4, c3, c2, c1] and fuses with a 1×1 conv. T
 (default) applies each stage's slice of the fuse weight before upsampling, because bilinear
 upsampling commutes with per-pixel affine maps; in eval mode the BatchNorm folds in too. Both
 keep the same parameters.
+
+Speed without changing results (docs/PERFORMANCE.md): the encoder keeps tokens as B×N×C and views
+them as channels-last B×C×h×w maps for its convolutions, so no transpose ever copies; without
+autograd the fused decoder weights are cached and large buffers are reused in place.
 """
 
 from __future__ import annotations
@@ -179,7 +183,7 @@ class Block(nn.Module):
 
 
 class MixTransformer(nn.Module):
-    """The hierarchical MiT encoder; returns four NCHW maps at strides 4, 8, 16, 32.
+    """The hierarchical MiT encoder; returns four B×C×H×W maps at strides 4, 8, 16, 32 (channels-last in memory).
 
     Args:
         variant: a key of ``VARIANTS`` or a ``Variant``.
