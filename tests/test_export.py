@@ -15,16 +15,10 @@ import segformer
 from segformer.cli import main as cli_main
 from segformer.export import EXPORT_MIN_SIZE, export_onnx
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # raised inside torch.export
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small inputs gain nothing from threads, and on a shared machine thread barriers stall."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),  # raised inside torch.export
+]
 
 
 @pytest.fixture(scope="module")

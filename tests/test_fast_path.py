@@ -14,13 +14,7 @@ from segformer.model import VARIANTS
 SHAPE = (2, 3, 45, 61)  # batch 2, odd sizes: every stage map has an odd side
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny inputs gain nothing from threads, and on a shared machine thread barriers stall."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(variant: str, seed: int = 0) -> segformer.SegFormer:
