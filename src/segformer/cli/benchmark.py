@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
     results = []
     with num_threads(args.threads):
+        threads = torch.get_num_threads()
         for variant in [None] if args.weights else args.variants:
             for height, width in args.sizes:
                 case = Case(
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 )
                 print(f"measured {case.label}", file=sys.stderr, flush=True)
     print(format_table(results))
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    print(f"\ntorch {torch.__version__}, {threads} threads, device {args.device}")
     print("GMACs: multiply-accumulates (FLOPs / 2, the paper's unit), FlopCounterMode")
     print("peak MiB: rise during one step (CUDA: max_memory_allocated; CPU: peak RSS, fresh subprocess)")
     if args.compare_hf:
