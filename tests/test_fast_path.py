@@ -109,6 +109,16 @@ def test_cached_fused_weights_follow_parameter_changes():
         torch.testing.assert_close(fast, other(x), atol=1e-5, rtol=1e-5)
 
 
+def test_model_built_in_inference_mode():
+    """Parameters created under inference_mode have no version counter: no cache, same result."""
+    x = pixels()
+    with torch.inference_mode():
+        model = make_model("b0").eval()
+        fast = model(x)
+        model.decode_head.fast = False
+        torch.testing.assert_close(fast, model(x), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_inference_close_to_fp32(dtype):
     model = make_model("b0").eval()

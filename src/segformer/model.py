@@ -337,11 +337,13 @@ class AllMLPDecoder(nn.Module):
 
         Computed in fp32 with autocast off, then cast to the parameters' dtype, so bf16/fp16 runs
         round the fused weights once. Without autograd in eval mode the result is cached until a
-        parameter changes (in-place update, ``load_state_dict``, ``.to()``).
+        parameter changes (in-place update, ``load_state_dict``, ``.to()``); not for parameters
+        created in inference mode, which have no version counter.
         """
-        if self.training or not plain_inference():
+        inputs = self._fuse_inputs()
+        if self.training or not plain_inference() or any(t.is_inference() for t in inputs):
             return self._fuse_weights()
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._fuse_inputs())
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in inputs)
         if self._fused_cache is None or self._fused_cache[0] != key:
             self._fused_cache = (key, self._fuse_weights())
         return self._fused_cache[1]
