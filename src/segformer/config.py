@@ -1,0 +1,215 @@
+"""What a SegFormer is and how it is tested: the variants table, the model config and the test protocol.
+
+``SegFormerConfig`` is the one description of a model: it builds ``SegFormer``, is written to
+``config.json`` by ``save_pretrained`` and read back by ``from_pretrained``. Its ``protocol`` (a
+``TestProtocol``) records how the weights must be tested, so ``Segmenter``, ``segformer eval`` and
+``segformer predict`` give the right numbers without flags.
+
+Variants are Table 6 of the paper (Xie et al., NeurIPS 2021, arXiv 2105.15203) and the official
+``mit_b0`` … ``mit_b5`` classes of ``mmseg/models/backbones/mix_transformer.py`` (NVlabs/SegFormer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from segformer.constants import IMAGE_MEAN, IMAGE_STD
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Hyper-parameters of one MiT-Bx encoder and its decoder (paper Table 6).
+
+    Attributes:
+        widths: channels C_i of the four stages.
+        depths: blocks L_i per stage.
+        decoder_dim: the All-MLP decoder width C (paper §3.2).
+        num_heads: attention heads N_i per stage.
+        sr_ratios: side of the spatial-reduction conv per stage; the paper's sequence reduction ratio
+            R_i (Eq. 2) is ``sr_ratio ** 2`` (64, 16, 4, 1).
+        mlp_ratio: Mix-FFN expansion E_i.
+    """
+
+    widths: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+    decoder_dim: int
+    num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
+    sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
+    mlp_ratio: int = 4
+
+
+VARIANTS: dict[str, Variant] = {
+    "b0": Variant(widths=(32, 64, 160, 256), depths=(2, 2, 2, 2), decoder_dim=256),
+    "b1": Variant(widths=(64, 128, 320, 512), depths=(2, 2, 2, 2), decoder_dim=256),
+    "b2": Variant(widths=(64, 128, 320, 512), depths=(3, 4, 6, 3), decoder_dim=768),
+    "b3": Variant(widths=(64, 128, 320, 512), depths=(3, 4, 18, 3), decoder_dim=768),
+    "b4": Variant(widths=(64, 128, 320, 512), depths=(3, 8, 27, 3), decoder_dim=768),
+    "b5": Variant(widths=(64, 128, 320, 512), depths=(3, 6, 40, 3), decoder_dim=768),
+}
+
+
+def normalize_variant(name: str) -> str:
+    """Map "B0", "mit-b0", "mit_b0", "segformer-b0" to "b0"; raise ValueError on anything else."""
+    key = str(name).strip().lower().replace("_", "-")
+    for prefix in ("segformer-", "mit-"):
+        key = key.removeprefix(prefix)
+    if key not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}: expected one of {', '.join(VARIANTS)} (e.g. 'b0' or 'mit-b0')")
+    return key
+
+
+def _pair(name: str, value: Any) -> tuple[int, int]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)):
+        raise ValueError(f"{name} must be two positive integers, got {value!r}")
+    return (int(value[0]), int(value[1]))
+
+
+@dataclass(frozen=True)
+class TestProtocol:
+    """How a model is tested: the official mmseg 0.x test pipeline of the dataset it was trained on.
+
+    Attributes:
+        mode: "whole" (one forward pass on the resized image) or "slide" (sliding windows).
+        scale: (long, short) bound of the keep-ratio resize; None tests at the image's own size.
+        crop: (h, w) of a sliding window.
+        stride: (h, w) step of the sliding windows.
+        size_divisor: after the keep-ratio resize, resize again so both sides are multiples of this
+            (the official ``AlignedResize``, used by every ADE20K config); None for the plain ``Resize``.
+        aug_ratios: multi-scale ratios of ``scale`` used when multi-scale testing is asked for.
+        flip: whether multi-scale testing also tests the horizontally flipped image.
+        mean: normalisation mean, RGB 0–255.
+        std: normalisation std, RGB 0–255.
+        reduce_zero_label: the dataset's stored label 0 means "other" and is ignored (ADE20K).
+    """
+
+    mode: str = "whole"
+    scale: tuple[int, int] | None = (2048, 512)
+    crop: tuple[int, int] = (512, 512)
+    stride: tuple[int, int] = (341, 341)
+    size_divisor: int | None = None
+    aug_ratios: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    flip: bool = True
+    mean: tuple[float, float, float] = IMAGE_MEAN
+    std: tuple[float, float, float] = IMAGE_STD
+    reduce_zero_label: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {self.mode!r}")
+        set_ = object.__setattr__  # frozen: normalise lists (from JSON) to tuples once, here
+        set_(self, "scale", None if self.scale is None else _pair("scale", self.scale))
+        set_(self, "crop", _pair("crop", self.crop))
+        set_(self, "stride", _pair("stride", self.stride))
+        if self.size_divisor is not None and not (isinstance(self.size_divisor, int) and self.size_divisor > 0):
+            raise ValueError(f"size_divisor must be a positive integer or None, got {self.size_divisor!r}")
+        ratios = tuple(float(r) for r in self.aug_ratios)
+        if not ratios or min(ratios) <= 0:
+            raise ValueError(f"aug_ratios must be positive numbers, got {self.aug_ratios!r}")
+        set_(self, "aug_ratios", ratios)
+        for name in ("mean", "std"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != 3:
+                raise ValueError(f"{name} must be three numbers (R, G, B), got {getattr(self, name)!r}")
+            set_(self, name, values)
+
+    def replace(self, **changes: Any) -> TestProtocol:
+        """A copy with ``changes`` applied (None values are ignored, so CLI flags can be passed as they are)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TestProtocol:
+        """Build from ``to_dict()`` output; an unknown key is named."""
+        return cls(**_known_fields(cls, data, "test protocol"))
+
+
+@dataclass(frozen=True)
+class SegFormerConfig:
+    """Everything needed to build a SegFormer and to use it right.
+
+    Attributes:
+        variant: "b0" … "b5" ("mit-b0", "B0" … accepted and normalised).
+        num_classes: output classes.
+        in_channels: image channels.
+        drop_path_rate: stochastic depth at the last encoder block (rising linearly from 0).
+        decoder_dropout: Dropout2d probability before the classifier.
+        layer_norm_eps: eps of the encoder's block and stage LayerNorms (official 1e-6; transformers 1e-5).
+        class_names: one name per class, or None.
+        palette: one (r, g, b) per class for overlays, or None.
+        protocol: how to test the weights, or None where it is not known.
+    """
+
+    variant: str = "b0"
+    num_classes: int = 150
+    in_channels: int = 3
+    drop_path_rate: float = 0.1
+    decoder_dropout: float = 0.1
+    layer_norm_eps: float = 1e-6
+    class_names: tuple[str, ...] | None = None
+    palette: tuple[tuple[int, int, int], ...] | None = None
+    protocol: TestProtocol | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "variant", normalize_variant(self.variant))
+        if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
+            raise ValueError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
+        if self.class_names is not None:
+            set_(self, "class_names", tuple(str(n) for n in self.class_names))
+            if len(self.class_names) != self.num_classes:
+                raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
+        if self.palette is not None:
+            palette = tuple(tuple(int(c) for c in colour) for colour in self.palette)
+            if len(palette) != self.num_classes or any(
+                len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette
+            ):
+                raise ValueError(f"palette must hold {self.num_classes} (r, g, b) colours with values 0–255")
+            set_(self, "palette", palette)
+        if isinstance(self.protocol, dict):
+            set_(self, "protocol", TestProtocol.from_dict(self.protocol))
+
+    @property
+    def arch(self) -> Variant:
+        """The variant's hyper-parameters."""
+        return VARIANTS[self.variant]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Class names, "class_0" … where none are recorded."""
+        return self.class_names or tuple(f"class_{i}" for i in range(self.num_classes))
+
+    def replace(self, **changes: Any) -> SegFormerConfig:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "protocol"}
+        data["protocol"] = self.protocol.to_dict() if self.protocol is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegFormerConfig:
+        """Build from ``to_dict()`` output (extra bookkeeping keys such as "format" are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+
+def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ValueError(f"unknown {what} key {unknown[0]!r}: expected some of {', '.join(names)}")
+    return dict(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+__all__ = ["VARIANTS", "SegFormerConfig", "TestProtocol", "Variant", "normalize_variant"]
