@@ -1,0 +1,33 @@
+"""Which device to run on: one check shared by every command, with errors that say what to do."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """The device named ``name`` ("cpu", "cuda", "cuda:1", "mps" …), or CUDA when available and ``name`` is None.
+
+    Raises:
+        ValueError: the name is not a device, or the device is not available on this machine (one line
+            naming the ``--device`` value and what exists here).
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device name (expected cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: CUDA is not available on this machine (this torch sees no GPU); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: unsupported device type {device.type!r} (expected cpu, cuda or mps)")
+    return device
