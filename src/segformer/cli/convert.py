@@ -19,5 +19,5 @@ def run(args: argparse.Namespace) -> int:
     model = from_pretrained(args.src, variant=args.variant, num_classes=args.num_classes)
     model.save_pretrained(args.dst, layout=args.layout)
     cfg = model.config
-    print(f"wrote SegFormer-{cfg['variant']} ({cfg['num_classes']} classes) to {args.dst} in the {args.layout} layout")
+    print(f"wrote SegFormer-{cfg.variant} ({cfg.num_classes} classes) to {args.dst} in the {args.layout} layout")
     return 0
