@@ -58,7 +58,8 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 class DropPath(nn.Module):
-    """Stochastic depth on the residual branches of the encoder blocks (§4, "drop path")."""
+    """Stochastic depth (Huang et al., 2016) on the residual branches of the blocks of Fig. 2, as in the
+    official encoder (``drop_path_rate`` 0.1)."""
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
