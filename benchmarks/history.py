@@ -1,6 +1,8 @@
-"""The model before the speed work (``model.py`` at a git revision) against the current one, CPU, fp32.
+"""The model at a git revision against the current one, CPU, fp32, in one process.
 
-Same weights, same input, interleaved, medians; run from a git checkout.
+The whole package is taken at the revision (the model spans ``model.py``, ``fast.py`` and
+``config.py`` today), imported under its own name and set aside, then the current package is
+imported. Same weights, same input, interleaved, medians; run from a git checkout.
 
     python benchmarks/history.py [--rev d671050] [--variant b0] [--size 512x512] [--threads 2] [--repeats 10]
 """
@@ -8,36 +10,47 @@ Same weights, same input, interleaved, medians; run from a git checkout.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import io
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from pathlib import Path
+from types import ModuleType
 
 import torch
 
-from segformer.model import SegFormer
+from segformer.model import create_model
 
 
-def load_old_model_module(rev: str):
-    """Import ``src/segformer/model.py`` as it was at git revision ``rev``."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:src/segformer/model.py"], capture_output=True, text=True, check=True
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "model_at_rev.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("model_at_rev", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def _segformer_modules() -> dict[str, ModuleType]:
+    return {k: m for k, m in sys.modules.items() if k == "segformer" or k.startswith("segformer.")}
+
+
+def load_model_module_at(rev: str) -> ModuleType:
+    """``segformer.model`` of the package as it was at git revision ``rev`` (the current one is left untouched)."""
+    archive = subprocess.run(["git", "archive", rev, "src/segformer"], capture_output=True, check=True).stdout
+    root = tempfile.mkdtemp()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    current = _segformer_modules()
+    for name in current:
+        del sys.modules[name]
+    sys.path.insert(0, f"{root}/src")
+    try:
+        return importlib.import_module("segformer.model")
+    finally:
+        sys.path.remove(f"{root}/src")
+        for name in _segformer_modules():
+            del sys.modules[name]
+        sys.modules.update(current)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rev", default="d671050", help="git revision of the old model.py (default: first commit)")
+    parser.add_argument("--rev", default="d671050", help="git revision of the old package (default: first commit)")
     parser.add_argument("--variant", default="b0")
     parser.add_argument("--size", default="512x512")
     parser.add_argument("--threads", type=int, default=2)
@@ -46,11 +59,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.size.split("x"))
     torch.manual_seed(0)
-    new = SegFormer(args.variant, 150).eval()
-    old = load_old_model_module(args.rev).SegFormer(args.variant, 150).eval()
+    new = create_model(args.variant, 150).eval()
+    old = load_model_module_at(args.rev).create_model(args.variant, 150).eval()
     old.load_state_dict(new.state_dict())
     x = torch.randn(1, 3, height, width)
-    models = {f"model.py@{args.rev}": old, "model.py now": new}
+    models = {f"segformer@{args.rev}": old, "segformer now": new}
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         outputs = [m(x) for m in models.values()]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import segformer
+from reference import perturb_batchnorm
 from segformer.cli import main as cli_main
 from segformer.export import EXPORT_MIN_SIZE, export_onnx
 
@@ -29,10 +30,7 @@ def exported(tmp_path_factory) -> tuple[segformer.SegFormer, str, int, str]:
     """
     torch.manual_seed(0)
     model = segformer.create_model("b0", num_classes=6).eval()
-    bn = model.decode_head.linear_fuse.bn
-    with torch.no_grad():
-        bn.running_mean.normal_(0.0, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
+    perturb_batchnorm(model.decode_head.linear_fuse.bn)
     folder = tmp_path_factory.mktemp("export")
     model.save_pretrained(folder / "weights")
     path = str(folder / "b0.onnx")

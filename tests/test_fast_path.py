@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import segformer
-from segformer.model import VARIANTS
+from reference import perturb_batchnorm
+from segformer.config import VARIANTS
 
 SHAPE = (2, 3, 45, 61)  # batch 2, odd sizes: every stage map has an odd side
 
@@ -21,12 +22,8 @@ def make_model(variant: str, seed: int = 0) -> segformer.SegFormer:
     """A deterministic model (no drop path, no dropout) with non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)
     model = segformer.create_model(variant, num_classes=5, drop_path_rate=0.0, decoder_dropout=0.0)
-    bn = model.decode_head.linear_fuse.bn
+    perturb_batchnorm(model.decode_head.linear_fuse.bn)
     with torch.no_grad():
-        bn.running_mean.normal_(0.0, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.normal_(0.0, 0.2)
         for proj in model.decode_head.projections():
             proj.bias.normal_(0.0, 0.1)
     return model
@@ -51,12 +48,14 @@ def run(model: segformer.SegFormer, x: torch.Tensor, fast: bool) -> tuple[torch.
 def test_fast_decoder_equals_reference(variant, mode):
     """Same logits and same gradients; in train mode BatchNorm uses batch statistics in both forms.
 
+    In fp64, so that the comparison is of the two functions, not of fp32 rounding amplified through
+    deep encoders (B3's 26 blocks make fp32 gradients of the first layer differ by ~2e-3 relative).
     Gradients are compared by norm, with a floor relative to the largest gradient of the model:
     in train mode some are exactly zero in theory (BatchNorm removes per-channel constants, e.g.
     the decoder biases') and hold only rounding noise in both forms.
     """
-    model = make_model(variant).train(mode == "train")
-    x = pixels()
+    model = make_model(variant).double().train(mode == "train")
+    x = pixels().double()
     reference, reference_grads = run(copy.deepcopy(model), x, fast=False)
     logits, grads = run(model, x, fast=True)
     assert reference.abs().mean() > 0.1

@@ -29,8 +29,8 @@ def test_parity_with_transformers(variant, pixels, tmp_path):
     assert ref.logits.abs().mean() > 0.1  # the comparison is on O(1) numbers, not on near-zero ones
 
     for eps, tol in ((1e-5, 1e-5), (1e-6, 1e-4)):
-        model = segformer.from_pretrained(tmp_path, layer_norm_eps=eps).eval()
-        assert model.config["variant"] == variant
+        model = segformer.from_pretrained(tmp_path, layer_norm_eps=eps)
+        assert model.config.variant == variant
         with torch.no_grad():
             features = model.backbone(pixels)
             logits = model(pixels)
@@ -43,7 +43,7 @@ def test_parity_with_transformers(variant, pixels, tmp_path):
     assert (features[-1] - ref.hidden_states[-1]).abs().max() > 1e-6
 
 
-# SPEC §1 table: parameters with 150 classes, in millions, as published.
+# Paper Table 6: parameters with 150 classes, in millions, as published.
 PUBLISHED_PARAMS = {"b0": 3.8, "b1": 13.7, "b2": 27.5, "b3": 47.3, "b4": 64.1, "b5": 84.7}
 
 
@@ -56,7 +56,7 @@ def test_parameter_count_matches_published(variant):
 
 @pytest.mark.parametrize("name", ["b0", "B0", "mit-b0", "MiT_B0", "segformer-b0"])
 def test_variant_names(name):
-    assert segformer.create_model(name, num_classes=3).config["variant"] == "b0"
+    assert segformer.create_model(name, num_classes=3).config.variant == "b0"
 
 
 def test_unknown_variant_is_a_clear_error():

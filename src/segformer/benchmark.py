@@ -30,14 +30,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.utils import flop_counter
 
-from segformer.model import SegFormer
+from segformer.constants import IGNORE_INDEX
+from segformer.model import create_model
+from segformer.pretrained import from_pretrained
+from segformer.train import segmentation_loss
 
 HF_IMPLS = ("hf-eager", "hf-sdpa")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
@@ -88,12 +90,10 @@ def save_weights(case: Case, directory: Path, weights: str | None = None, seed: 
     Random (seeded) unless ``weights`` names a checkpoint. Drop path and dropout are 0 so that
     training steps are deterministic and comparable between implementations.
     """
-    from segformer.pretrained import from_pretrained
-
     options = {"drop_path_rate": 0.0, "decoder_dropout": 0.0}
     if weights is None:
         torch.manual_seed(seed)
-        model = SegFormer(case.variant, case.num_classes, **options)
+        model = create_model(case.variant, case.num_classes, **options)
     else:
         model = from_pretrained(weights, **options)
     model.save_pretrained(directory / "ours")
@@ -104,12 +104,10 @@ def save_weights(case: Case, directory: Path, weights: str | None = None, seed: 
 def load_model(impl: str, directory: Path, case: Case, compare_hf: bool) -> nn.Module:
     """Our model or transformers' (``impl``), on the case's device, in train or eval mode."""
     if impl == "ours":
-        from segformer.pretrained import from_pretrained
-
         options = {"layer_norm_eps": 1e-5} if compare_hf else {}
         model = from_pretrained(directory / "ours", **options)
     else:
-        from transformers import SegformerForSemanticSegmentation
+        from transformers import SegformerForSemanticSegmentation  # optional, and slow to import: only for --compare-hf
 
         attention = impl.removeprefix("hf-")
         model = SegformerForSemanticSegmentation.from_pretrained(directory / "hf", attn_implementation=attention)
@@ -142,7 +140,7 @@ def autocast_for(case: Case) -> torch.autocast:
 
 
 def make_step(model: nn.Module, impl: str, case: Case, x: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
-    """One inference forward (``inference_mode``) or one training step (forward, loss, backward, AdamW)."""
+    """One inference forward (``inference_mode``) or one training step (forward, the training loss, backward, AdamW)."""
     forward = logits_of(model, impl)
     autocast = autocast_for(case)
     if not case.train:
@@ -158,8 +156,7 @@ def make_step(model: nn.Module, impl: str, case: Case, x: torch.Tensor, labels: 
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             logits = forward(x)
-        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX).backward()
+        segmentation_loss(logits, labels, None).backward()
         optimizer.step()
 
     return train
@@ -193,8 +190,6 @@ def count_gmacs(step: Callable[[], None]) -> float:
     and the convolution backward, whose built-in formula ignores groups (it would count a
     depthwise conv's weight gradient as a dense conv's).
     """
-    from torch.utils import flop_counter
-
     aten = torch.ops.aten
 
     def attention(query, key, value, *args, **kwargs) -> int:
@@ -290,10 +285,8 @@ def run_case(
     with tempfile.TemporaryDirectory(prefix="segformer-bench-") as tmp:
         directory = save_weights(case, Path(tmp), weights)
         if weights is not None:  # the checkpoint decides the variant and classes
-            from segformer.pretrained import from_pretrained
-
             config = from_pretrained(directory / "ours").config
-            case = replace(case, variant=config["variant"], num_classes=config["num_classes"])
+            case = replace(case, variant=config.variant, num_classes=config.num_classes)
         x, labels = make_inputs(case)
         models = {impl: load_model(impl, directory, case, compare_hf) for impl in impls}
         reference = output_of(models["ours"], "ours", case, x)

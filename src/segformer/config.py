@@ -5,6 +5,10 @@
 ``TestProtocol``) records how the weights must be tested, so ``Segmenter``, ``segformer eval`` and
 ``segformer predict`` give the right numbers without flags.
 
+Both also convert to and from transformers' files: ``SegformerConfig`` (``config.json``) and
+``SegformerImageProcessor`` (``preprocessor_config.json``), so a model written in the transformers
+layout loads there and comes back here with its class names, palette and protocol.
+
 Variants are Table 6 of the paper (Xie et al., NeurIPS 2021, arXiv 2105.15203) and the official
 ``mit_b0`` … ``mit_b5`` classes of ``mmseg/models/backbones/mix_transformer.py`` (NVlabs/SegFormer).
 """
@@ -12,10 +16,15 @@ Variants are Table 6 of the paper (Xie et al., NeurIPS 2021, arXiv 2105.15203) a
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from segformer.constants import IMAGE_MEAN, IMAGE_STD
+from segformer.constants import IGNORE_INDEX, IMAGE_MEAN, IMAGE_STD
+
+# Extra keys in transformers' JSON files that keep what they have no field for (transformers ignores them).
+HF_PROTOCOL_KEY = "segformer_protocol"
+HF_PALETTE_KEY = "segformer_palette"
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,8 @@ class TestProtocol:
         reduce_zero_label: the dataset's stored label 0 means "other" and is ignored (ADE20K).
     """
 
+    __test__ = False  # not a pytest test class, despite its name
+
     mode: str = "whole"
     scale: tuple[int, int] | None = (2048, 512)
     crop: tuple[int, int] = (512, 512)
@@ -125,6 +136,23 @@ class TestProtocol:
     def from_dict(cls, data: dict[str, Any]) -> TestProtocol:
         """Build from ``to_dict()`` output; an unknown key is named."""
         return cls(**_known_fields(cls, data, "test protocol"))
+
+    @classmethod
+    def from_hf_preprocessor(cls, data: dict[str, Any], base: TestProtocol | None = None) -> TestProtocol | None:
+        """Read a transformers ``preprocessor_config.json``.
+
+        Our own protocol, when written there under ``HF_PROTOCOL_KEY``, is returned as it is (None
+        included). Otherwise ``base`` (default: ``TestProtocol()``) with the processor's mean and
+        std (0–1, scaled to 0–255) and ``do_reduce_labels`` as ``reduce_zero_label``.
+        """
+        if HF_PROTOCOL_KEY in data:
+            stored = data[HF_PROTOCOL_KEY]
+            return None if stored is None else cls.from_dict(stored)
+        changes: dict[str, Any] = {"reduce_zero_label": data.get("do_reduce_labels")}
+        for name in ("mean", "std"):
+            if data.get(f"image_{name}") is not None:
+                changes[name] = tuple(round(float(v) * 255, 6) for v in data[f"image_{name}"])
+        return (base or cls()).replace(**changes)
 
 
 @dataclass(frozen=True)
@@ -197,6 +225,84 @@ class SegFormerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known and v is not None})
 
+    def to_hf_config(self) -> dict[str, Any]:
+        """transformers' ``SegformerConfig`` as JSON (``config.json`` of the transformers layout)."""
+        arch = self.arch
+        id2label = {str(i): name for i, name in enumerate(self.names)}
+        return {
+            "architectures": ["SegformerForSemanticSegmentation"],
+            "model_type": "segformer",
+            "num_channels": self.in_channels,
+            "num_encoder_blocks": 4,
+            "depths": list(arch.depths),
+            "hidden_sizes": list(arch.widths),
+            "num_attention_heads": list(arch.num_heads),
+            "sr_ratios": list(arch.sr_ratios),
+            "mlp_ratios": [arch.mlp_ratio] * 4,
+            "patch_sizes": [7, 3, 3, 3],
+            "strides": [4, 2, 2, 2],
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+            "classifier_dropout_prob": self.decoder_dropout,
+            "drop_path_rate": self.drop_path_rate,
+            "initializer_range": 0.02,
+            "layer_norm_eps": self.layer_norm_eps,
+            "decoder_hidden_size": arch.decoder_dim,
+            "semantic_loss_ignore_index": IGNORE_INDEX,
+            "reshape_last_stage": True,
+            "id2label": id2label,
+            "label2id": {name: int(i) for i, name in id2label.items()},
+            HF_PALETTE_KEY: _jsonable(self.palette),
+        }
+
+    @classmethod
+    def from_hf_config(cls, data: dict[str, Any]) -> SegFormerConfig:
+        """Read transformers' ``SegformerConfig`` JSON; generated names ("LABEL_0" …) are not kept.
+
+        Raises:
+            ValueError: its ``hidden_sizes`` and ``depths`` match no variant.
+        """
+        widths, depths = tuple(data.get("hidden_sizes", ())), tuple(data.get("depths", ()))
+        variant = next((name for name, v in VARIANTS.items() if (v.widths, v.depths) == (widths, depths)), None)
+        if variant is None:
+            raise ValueError(f"hidden_sizes {list(widths)} and depths {list(depths)} match no MiT variant")
+        id2label = data.get("id2label") or {}
+        names = [id2label[k] for k in sorted(id2label, key=int)]
+        generated = all(re.fullmatch(r"LABEL_\d+", n) for n in names)
+        fields = {
+            "variant": variant,
+            "num_classes": len(names) or data.get("num_labels", 2),
+            "in_channels": data.get("num_channels"),
+            "drop_path_rate": data.get("drop_path_rate"),
+            "decoder_dropout": data.get("classifier_dropout_prob"),
+            "layer_norm_eps": data.get("layer_norm_eps"),
+            "class_names": None if generated else names,
+            "palette": data.get(HF_PALETTE_KEY),
+        }
+        return cls(**{k: v for k, v in fields.items() if v is not None})
+
+    def to_hf_preprocessor(self) -> dict[str, Any]:
+        """transformers' ``SegformerImageProcessor`` as JSON, with this protocol under ``HF_PROTOCOL_KEY``.
+
+        The processor resizes to a fixed size: the protocol's crop, as on the official hub models
+        (512×512 for ADE20K, 1024×1024 for Cityscapes).
+        """
+        protocol = self.protocol or TestProtocol()
+        return {
+            "image_processor_type": "SegformerImageProcessor",
+            "do_resize": True,
+            "size": {"height": protocol.crop[0], "width": protocol.crop[1]},
+            "resample": 2,  # PIL bilinear
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [v / 255 for v in protocol.mean],
+            "image_std": [v / 255 for v in protocol.std],
+            "do_reduce_labels": protocol.reduce_zero_label,
+            HF_PROTOCOL_KEY: None if self.protocol is None else self.protocol.to_dict(),
+        }
+
 
 def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
     names = [f.name for f in dataclasses.fields(cls)]
@@ -212,4 +318,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-__all__ = ["VARIANTS", "SegFormerConfig", "TestProtocol", "Variant", "normalize_variant"]
+__all__ = [
+    "HF_PALETTE_KEY",
+    "HF_PROTOCOL_KEY",
+    "VARIANTS",
+    "SegFormerConfig",
+    "TestProtocol",
+    "Variant",
+    "normalize_variant",
+]

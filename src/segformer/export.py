@@ -100,7 +100,7 @@ def export_onnx(
 
 def onnx_max_abs_diff(model: SegFormer, path: str | Path, sizes: Iterable[tuple[int, int, int]]) -> float:
     """Largest |onnxruntime − PyTorch| of the logits over random inputs of the given (batch, height, width) sizes."""
-    import onnxruntime
+    import onnxruntime  # optional dependency (segformer[export]), needed only for this check
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     was_training = model.training

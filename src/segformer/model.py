@@ -1,67 +1,41 @@
-"""SegFormer: the Mix Transformer (MiT) encoder and the All-MLP decoder.
+"""SegFormer: the Mix Transformer (MiT) encoder and the All-MLP decoder, as in the paper.
 
 Paper: "SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers",
-Xie et al., NeurIPS 2021 (https://arxiv.org/abs/2105.15203).
+Xie et al., NeurIPS 2021 (https://arxiv.org/abs/2105.15203), §3 and Fig. 2.
 Official code: https://github.com/NVlabs/SegFormer (``mmseg/models/backbones/mix_transformer.py``
 and ``mmseg/models/decode_heads/segformer_head.py``).
 
 Module and parameter names follow the official code, so official checkpoints load without
-renaming; ``segformer.checkpoints`` maps every other public layout onto these names.
+renaming; ``segformer.layouts`` maps every other public layout onto these names. The variants
+(paper Table 6) are ``segformer.config.VARIANTS``.
 
-The decoder has two exact forms (SPEC §1). The *reference* form projects each stage to D
-channels, upsamples, concatenates [c4, c3, c2, c1] and fuses with a 1×1 conv. The *fast* form
-(default) applies each stage's slice of the fuse weight before upsampling, because bilinear
-upsampling commutes with per-pixel affine maps; in eval mode the BatchNorm folds in too. Both
-keep the same parameters.
+Exact fast forms of some of these computations (same parameters, same results up to float
+rounding) live in ``segformer.fast``; ``FAST`` below is the one switch to them.
 
-Speed without changing results (docs/PERFORMANCE.md): the encoder keeps tokens as B×N×C and views
-them as channels-last B×C×h×w maps for its convolutions, so no transpose ever copies; without
-autograd the fused decoder weights are cached and large buffers are reused in place.
+The encoder keeps tokens as B×N×C and views them as channels-last B×C×h×w maps for its
+convolutions, so no reshape between the two ever copies.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segformer.config import VARIANTS, SegFormerConfig, Variant, normalize_variant
+from segformer.fast import FusedWeightCache, InPlaceGELU, classify, fuse
+from segformer.writer import write_pretrained
+
+# The one switch to segformer.fast: decoders built while it is True start with ``fast = True`` (the
+# reassociated decoder; set ``decoder.fast`` to choose per model), Mix-FFNs built then use the in-place GELU.
+FAST = True
+
 # Smallest input side: the stage-1 spatial reduction (kernel 8 on an H/4 map) needs ceil(H/4) >= 8.
 MIN_INPUT_SIZE = 29
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Hyper-parameters of one MiT-Bx encoder and its decoder (SPEC §1 table)."""
-
-    widths: tuple[int, int, int, int]
-    depths: tuple[int, int, int, int]
-    decoder_dim: int
-    num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
-    sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
-    mlp_ratio: int = 4
-
-
-VARIANTS: dict[str, Variant] = {
-    "b0": Variant(widths=(32, 64, 160, 256), depths=(2, 2, 2, 2), decoder_dim=256),
-    "b1": Variant(widths=(64, 128, 320, 512), depths=(2, 2, 2, 2), decoder_dim=256),
-    "b2": Variant(widths=(64, 128, 320, 512), depths=(3, 4, 6, 3), decoder_dim=768),
-    "b3": Variant(widths=(64, 128, 320, 512), depths=(3, 4, 18, 3), decoder_dim=768),
-    "b4": Variant(widths=(64, 128, 320, 512), depths=(3, 8, 27, 3), decoder_dim=768),
-    "b5": Variant(widths=(64, 128, 320, 512), depths=(3, 6, 40, 3), decoder_dim=768),
-}
-
-
-def normalize_variant(name: str) -> str:
-    """Map "B0", "mit-b0", "mit_b0", "segformer-b0" to "b0"; raise ValueError on anything else."""
-    key = name.strip().lower().replace("_", "-")
-    for prefix in ("segformer-", "mit-"):
-        key = key.removeprefix(prefix)
-    if key not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}: expected one of {', '.join(VARIANTS)} (e.g. 'b0' or 'mit-b0')")
-    return key
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -71,11 +45,6 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     keep = 1.0 - p
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
     return x * mask / keep
-
-
-def plain_inference() -> bool:
-    """True without autograd and outside compilation and export, where buffers may be updated in place."""
-    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -89,6 +58,9 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., 2016) on the residual branches of the blocks of Fig. 2, as in the
+    official encoder (``drop_path_rate`` 0.1)."""
+
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
         self.p = p
@@ -101,7 +73,8 @@ class DropPath(nn.Module):
 
 
 class OverlapPatchEmbed(nn.Module):
-    """Overlapped patch embedding: strided conv (kernel > stride) then LayerNorm over channels."""
+    """Overlapped patch merging (§3.1): a strided conv with kernel > stride (K=7, S=4, P=3 at stage 1,
+    K=3, S=2, P=1 after), then LayerNorm over channels."""
 
     def __init__(self, in_channels: int, dim: int, kernel: int, stride: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -115,7 +88,11 @@ class OverlapPatchEmbed(nn.Module):
 
 
 class EfficientSelfAttention(nn.Module):
-    """Multi-head attention whose keys and values come from a spatially reduced sequence (ratio sr)."""
+    """Efficient self-attention (§3.1, Eq. 1–2): keys and values come from a sequence shortened R times.
+
+    The paper's reduction ratio R is ``sr_ratio ** 2``: ``sr`` is a conv with kernel and stride
+    ``sr_ratio`` on the h×w map, followed by LayerNorm, so N tokens become N / R.
+    """
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, attn_drop: float = 0.0) -> None:
         super().__init__()
@@ -136,12 +113,12 @@ class EfficientSelfAttention(nn.Module):
             x = self.norm(map_to_tokens(self.sr(tokens_to_map(x, h, w))))
         k, v = self.kv(x).unflatten(-1, (2, heads, -1)).permute(2, 0, 3, 1, 4)
         dropout = self.attn_drop if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # Eq. 1: softmax(QKᵀ/√d)V
         return self.proj(x.transpose(1, 2).flatten(2))
 
 
 class DWConv(nn.Module):
-    """3×3 depthwise conv on the token sequence viewed as an h×w map (leaks position via padding)."""
+    """The 3×3 depthwise conv of Mix-FFN (Eq. 3) on the tokens viewed as an h×w map."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -152,22 +129,25 @@ class DWConv(nn.Module):
 
 
 class MixFFN(nn.Module):
-    """Mix-FFN: fc1 (expand) → depthwise 3×3 conv → GELU → fc2."""
+    """Mix-FFN (§3.1, Eq. 3): x_out = MLP(GELU(Conv3×3(MLP(x_in)))) + x_in (the residual is in ``Block``).
+
+    The zero-padded 3×3 conv leaks the position information that replaces positional encodings.
+    """
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.dwconv = DWConv(hidden)
-        self.act = nn.GELU()
+        self.act = InPlaceGELU() if FAST else nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = self.dwconv(self.fc1(x), h, w)
-        return self.fc2(torch.ops.aten.gelu_(x) if plain_inference() else self.act(x))
+        return self.fc2(self.act(self.dwconv(self.fc1(x), h, w)))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: efficient self-attention and Mix-FFN, each with drop path."""
+    """One transformer block of a stage (Fig. 2): pre-norm efficient self-attention and Mix-FFN,
+    each a residual branch with drop path."""
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float, eps: float) -> None:
         super().__init__()
@@ -183,10 +163,11 @@ class Block(nn.Module):
 
 
 class MixTransformer(nn.Module):
-    """The hierarchical MiT encoder; returns four B×C×H×W maps at strides 4, 8, 16, 32 (channels-last in memory).
+    """The hierarchical MiT encoder (§3.1, Fig. 2): four stages of patch merging, blocks and LayerNorm,
+    returning B×C_i×H/s×W/s maps at strides s = 4, 8, 16, 32 (channels-last in memory).
 
     Args:
-        variant: a key of ``VARIANTS`` or a ``Variant``.
+        variant: a key of ``VARIANTS`` or a ``Variant`` (paper Table 6).
         in_channels: input image channels.
         drop_path_rate: stochastic depth at the last block, rising linearly from 0 over all blocks.
         layer_norm_eps: eps of the block and stage LayerNorms (official 1e-6; transformers uses 1e-5).
@@ -249,217 +230,125 @@ def check_input(x: torch.Tensor, in_channels: int) -> None:
         )
 
 
+def concat_order(num_stages: int) -> list[int]:
+    """Eq. 4 concatenates the upsampled stage maps deepest first, F = Concat(F̂_4, F̂_3, F̂_2, F̂_1):
+    the stage index of each block of the fuse conv's input channels."""
+    return list(reversed(range(num_stages)))
+
+
 class MLP(nn.Module):
-    """Per-pixel Linear(C_i, D) of the All-MLP decoder (official ``linear_c{i}``)."""
+    """The decoder's per-stage Linear(C_i, C) (Eq. 4, first line; official ``linear_c{i}``) on a map."""
 
     def __init__(self, in_dim: int, dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(in_dim, dim)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
 
 class ConvBNReLU(nn.Module):
-    """The decoder's fuse: 1×1 conv without bias → BatchNorm → ReLU (official ``linear_fuse``)."""
+    """The decoder's fuse (Eq. 4, third line; official ``linear_fuse``): 1×1 conv without bias → BatchNorm → ReLU."""
 
     def __init__(self, in_dim: int, dim: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_dim, dim, 1, bias=False)
         self.bn = nn.BatchNorm2d(dim)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
 
 class AllMLPDecoder(nn.Module):
-    """The All-MLP decoder: unify channels, upsample to H/4, fuse, classify.
+    """The All-MLP decoder (§3.2, Eq. 4): unify channels, upsample to H/4, concatenate, fuse, classify.
 
     Args:
-        in_channels: channels of the four encoder stages.
-        dim: decoder width D.
-        num_classes: output classes.
+        in_channels: channels of the encoder stages.
+        dim: decoder width C.
+        num_classes: output classes N_cls.
         dropout: Dropout2d probability before the classifier.
-        fast: use the reassociated form (identical outputs, far fewer multiply-adds).
+        fast: compute with ``segformer.fast`` (same parameters and results, far fewer multiply-adds);
+            default ``FAST``.
     """
 
     def __init__(
-        self, in_channels: tuple[int, ...], dim: int, num_classes: int, dropout: float = 0.1, fast: bool = True
+        self, in_channels: Sequence[int], dim: int, num_classes: int, dropout: float = 0.1, fast: bool | None = None
     ) -> None:
         super().__init__()
+        self.num_stages = len(in_channels)
         for i, c in enumerate(in_channels):
             setattr(self, f"linear_c{i + 1}", MLP(c, dim))
-        self.linear_fuse = ConvBNReLU(len(in_channels) * dim, dim)
+        self.linear_fuse = ConvBNReLU(self.num_stages * dim, dim)
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(dim, num_classes, 1)
-        self.fast = fast
-        self._fused_cache: tuple[tuple, tuple[list[torch.Tensor], torch.Tensor, bool]] | None = None
+        self.fast = FAST if fast is None else fast
+        self.fused_weights = FusedWeightCache()
+
+    def mlps(self) -> list[MLP]:
+        """The per-stage ``linear_c{i}``, in stage order."""
+        return [getattr(self, f"linear_c{i + 1}") for i in range(self.num_stages)]
 
     def projections(self) -> list[nn.Linear]:
-        return [getattr(self, f"linear_c{i + 1}").proj for i in range(4)]
+        return [mlp.proj for mlp in self.mlps()]
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        if not self.fast:
-            return self.linear_pred(self.dropout(self.fuse_reference(features)))
-        pred = self.linear_pred
-        return classify(self.dropout(self.fuse_fast(features)), pred.weight.flatten(1), pred.bias)
-
-    def fuse_reference(self, features: list[torch.Tensor]) -> torch.Tensor:
+        order = concat_order(self.num_stages)
+        if self.fast:
+            fuse_weight, bn = self.linear_fuse.conv.weight, self.linear_fuse.bn
+            x = fuse(features, self.fused_weights(self.projections(), fuse_weight, bn, order), bn)
+            pred = self.linear_pred
+            return classify(self.dropout(x), pred.weight.flatten(1), pred.bias)
         size = features[0].shape[-2:]
-        maps = []
-        for f, proj in zip(features, self.projections(), strict=True):
-            y = F.linear(f.permute(0, 2, 3, 1), proj.weight, proj.bias).permute(0, 3, 1, 2)
-            if y.shape[-2:] != size:
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            maps.append(y)
-        fuse = self.linear_fuse
-        return F.relu(fuse.bn(fuse.conv(torch.cat(maps[::-1], dim=1))))
-
-    def fuse_fast(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Σ_i up(W_i L_i c_i) + Σ_i W_i b_i, with W_i the fuse slice for stage i ([c4, c3, c2, c1] order).
-
-        Upsampling keeps constants, so the biases are summed once and added at stage 1, which is
-        already at the output size. In eval mode the BatchNorm affine folds into the weights and
-        that bias; in training mode the batch statistics are taken on the fused sum as in the
-        reference form.
-        """
-        weights, bias, folded = self.fused_weights()
-        size = features[0].shape[-2:]
-        out = pointwise(features[0], weights[0], bias)
-        # Without autograd, one buffer serves every upsampling: fresh large tensors cost page faults on CPU.
-        scratch = torch.empty_like(out) if plain_inference() else None
-        for f, weight in zip(features[1:], weights[1:], strict=True):
-            y = pointwise(f, weight)
-            if scratch is None:
-                out += F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            else:
-                out += torch.ops.aten.upsample_bilinear2d.out(y, list(size), False, None, None, out=scratch)
-        if not folded:
-            out = self.linear_fuse.bn(out)
-        return F.relu_(out)
-
-    def fused_weights(self) -> tuple[list[torch.Tensor], torch.Tensor, bool]:
-        """The per-stage weights W_i·L_i (stage order), the summed bias, and whether BatchNorm is folded in.
-
-        Computed in fp32 with autocast off, then cast to the parameters' dtype, so bf16/fp16 runs
-        round the fused weights once. Without autograd in eval mode the result is cached until a
-        parameter changes (in-place update, ``load_state_dict``, ``.to()``); not for parameters
-        created in inference mode, which have no version counter.
-        """
-        inputs = self._fuse_inputs()
-        if self.training or not plain_inference() or any(t.is_inference() for t in inputs):
-            return self._fuse_weights()
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in inputs)
-        if self._fused_cache is None or self._fused_cache[0] != key:
-            self._fused_cache = (key, self._fuse_weights())
-        return self._fused_cache[1]
-
-    def _fuse_inputs(self) -> list[torch.Tensor]:
-        bn = self.linear_fuse.bn
-        tensors = [self.linear_fuse.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var]
-        return tensors + [t for proj in self.projections() for t in (proj.weight, proj.bias)]
-
-    def _fuse_weights(self) -> tuple[list[torch.Tensor], torch.Tensor, bool]:
-        fuse = self.linear_fuse
-        bn = fuse.bn
-        dim = bn.num_features
-        dtype = fuse.conv.weight.dtype
-        device_type = fuse.conv.weight.device.type
-        fold = not (bn.training or bn.running_mean is None)
-        with torch.autocast(device_type, enabled=False):
-            w_fuse = fuse.conv.weight.float().reshape(dim, -1)
-            if fold:
-                scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
-                w_fuse = w_fuse * scale[:, None]
-                bias = bn.bias.float() - bn.running_mean.float() * scale
-            else:
-                bias = w_fuse.new_zeros(dim)
-            weights = []
-            for i, proj in enumerate(self.projections()):
-                w_slice = w_fuse[:, (3 - i) * dim : (4 - i) * dim]
-                weights.append((w_slice @ proj.weight.float()).to(dtype))
-                bias = bias + w_slice @ proj.bias.float()
-        return weights, bias.to(dtype), fold
+        maps = [upsample(mlp(f), size) for mlp, f in zip(self.mlps(), features, strict=True)]
+        x = self.linear_fuse(torch.cat([maps[i] for i in order], dim=1))
+        return self.linear_pred(self.dropout(x))
 
 
-def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """A 1×1 conv with a C'×C weight, keeping the input's memory format (channels-last here).
-
-    Its result is a tensor of its own, not a view, so in-place sums on it stay cheap under autograd.
-    """
-    return F.conv2d(x, weight[:, :, None, None], bias)
-
-
-def classify(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """A 1×1 conv as weight · pixelsᵀ, giving contiguous NCHW logits.
-
-    That layout is the fast one for what follows (resizing to the label size, log-softmax over
-    classes: 0.7 vs 1.1 s for a B0 training step's loss on CPU), and on CPU this product beats
-    pixels · weightᵀ when the class count is not a multiple of 16 (150 classes, 1 thread: 19 vs 27 ms).
-    """
-    b, c, h, w = x.shape
-    pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-    return torch.baddbmm(bias[:, None], weight.expand(b, -1, -1), pixels.mT).view(b, -1, h, w)
+def upsample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Bilinear Upsample(H/4 × W/4) of Eq. 4 (align_corners False, as the official head)."""
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class SegFormer(nn.Module):
-    """SegFormer for semantic segmentation: ``backbone`` (MiT) → ``decode_head`` (All-MLP).
+    """SegFormer for semantic segmentation (Fig. 2): ``backbone`` (MiT) → ``decode_head`` (All-MLP).
 
     ``forward`` returns logits of shape B×num_classes×ceil(H/4)×ceil(W/4).
 
     Args:
-        variant: "b0" … "b5".
-        num_classes: output classes.
-        in_channels: image channels.
-        drop_path_rate: encoder stochastic depth.
-        decoder_dropout: Dropout2d before the classifier.
-        layer_norm_eps: eps of the encoder's block and stage LayerNorms.
-        class_names: optional names, one per class, stored with the weights.
+        config: variant, classes and options; ``model.config`` afterwards (read-only).
     """
 
-    def __init__(
-        self,
-        variant: str = "b0",
-        num_classes: int = 150,
-        in_channels: int = 3,
-        drop_path_rate: float = 0.1,
-        decoder_dropout: float = 0.1,
-        layer_norm_eps: float = 1e-6,
-        class_names: list[str] | None = None,
-    ) -> None:
+    def __init__(self, config: SegFormerConfig) -> None:
         super().__init__()
-        variant = normalize_variant(variant)
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        self.config = {
-            "variant": variant,
-            "num_classes": num_classes,
-            "in_channels": in_channels,
-            "drop_path_rate": drop_path_rate,
-            "decoder_dropout": decoder_dropout,
-            "layer_norm_eps": layer_norm_eps,
-            "class_names": list(class_names) if class_names else None,
-        }
-        cfg = VARIANTS[variant]
-        self.backbone = MixTransformer(cfg, in_channels, drop_path_rate, layer_norm_eps)
-        self.decode_head = AllMLPDecoder(cfg.widths, cfg.decoder_dim, num_classes, decoder_dropout)
+        if not isinstance(config, SegFormerConfig):
+            raise TypeError(f"SegFormer takes a SegFormerConfig, got {type(config).__name__} (see create_model)")
+        self._config = config
+        arch = config.arch
+        self.backbone = MixTransformer(arch, config.in_channels, config.drop_path_rate, config.layer_norm_eps)
+        self.decode_head = AllMLPDecoder(arch.widths, arch.decoder_dim, config.num_classes, config.decoder_dropout)
         # Official: the encoder is initialised by its own scheme; the head keeps PyTorch's defaults except
         # the fuse conv, which mmcv's ConvModule initialises He-normal over fan-out (the same rule).
         self.backbone.apply(init_weights)
         init_weights(self.decode_head.linear_fuse.conv)
 
     @property
+    def config(self) -> SegFormerConfig:
+        return self._config
+
+    @property
     def num_classes(self) -> int:
-        return self.config["num_classes"]
+        return self._config.num_classes
 
     @property
     def class_names(self) -> list[str]:
-        return self.config["class_names"] or [f"class_{i}" for i in range(self.num_classes)]
+        return list(self._config.names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode_head(self.backbone(x))
 
-    def save_pretrained(self, directory: str, layout: str = "ours") -> None:
-        """Write weights and config to ``directory`` (``layout`` "ours" or "hf" for transformers)."""
-        from segformer.pretrained import save_pretrained
-
-        save_pretrained(self, directory, layout=layout)
+    def save_pretrained(self, directory: str | Path, layout: str = "ours") -> Path:
+        """Write weights and config to ``directory`` (``layout`` "ours" or "hf"; see ``segformer.writer``)."""
+        return write_pretrained(self.state_dict(), self.config, directory, layout)
 
 
 def init_weights(m: nn.Module) -> None:
@@ -478,6 +367,21 @@ def init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def create_model(variant: str, num_classes: int = 150, **options) -> SegFormer:
-    """Build a randomly initialised SegFormer-``variant`` ("b0" … "b5", "mit-b0" style accepted)."""
-    return SegFormer(variant, num_classes, **options)
+def create_model(variant: str, num_classes: int = 150, **fields) -> SegFormer:
+    """Build a randomly initialised SegFormer-``variant`` ("b0" … "b5", "mit-b0" style accepted).
+
+    Args:
+        fields: other ``SegFormerConfig`` fields (class_names, drop_path_rate, protocol …).
+    """
+    return SegFormer(SegFormerConfig(variant, num_classes, **fields))
+
+
+__all__ = [
+    "FAST",
+    "MIN_INPUT_SIZE",
+    "AllMLPDecoder",
+    "MixTransformer",
+    "SegFormer",
+    "SegFormerConfig",
+    "create_model",
+]

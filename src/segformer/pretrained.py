@@ -1,32 +1,102 @@
 """``from_pretrained`` and ``save_pretrained``: weights in, weights out, in every public layout.
 
-A source is a local file, a local directory (ours, a transformers ``save_pretrained`` folder, or a
+A source is a local file, a local folder (ours, a transformers ``save_pretrained`` folder, or a
 folder holding one ``.pth``/``.safetensors``), or a Hugging Face hub id. The official SegFormer
 weights (``nvidia/segformer-*``, ``nvidia/mit-*``) are under NVIDIA's non-commercial licence.
+
+Loading goes in named steps: resolve the source, read the state dict and its layout, infer the
+architecture from the weights, build the config (weights, stored files, then keyword overrides),
+adapt the weights to it, load, report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import re
+import socket
+import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
-from segformer.checkpoints import adapt_input_conv, infer_architecture, to_layout, to_ours, unwrap
-from segformer.fileio import CheckpointError, atomic_write, atomic_write_json, read_json, read_tensors
-from segformer.model import VARIANTS, SegFormer, normalize_variant
+from segformer.config import VARIANTS, SegFormerConfig, TestProtocol
+from segformer.data import DATASETS, DatasetInfo
+from segformer.fileio import CheckpointError, read_json, read_tensors
+from segformer.layouts import Layout, State, to_ours, unwrap
+from segformer.model import SegFormer
+from segformer.writer import CONFIG_FORMAT, write_pretrained
 
 log = logging.getLogger("segformer")
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-CONFIG_FORMAT = "segformer"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(SegFormerConfig))
+HUB_PROBE_TIMEOUT_S = 3.0
+# namespace/name with the hub's characters; anything else (./x, /x, ~/x, x/y/, a/b/c) is a path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_OFFLINE_HINT = (
+    "pass a local folder or file (segformer eval/predict: --weights DIR; segformer train: --set model.init=DIR), "
+    "or set HF_HUB_OFFLINE=1 to use only the cache"
+)
 
 
 class LoadWarning(UserWarning):
     """Something about a checkpoint that the user should know: missing keys, a new classifier …"""
+
+
+@dataclass(frozen=True)
+class Source:
+    """The files of a checkpoint: weights, and the JSON files found next to them (None where absent)."""
+
+    weights: Path
+    config: dict | None = None
+    preprocessor: dict | None = None
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the weights say about the model: variant (None when no variant fits), classes (None
+    without a classifier), input channels, stage widths and depths."""
+
+    variant: str | None
+    num_classes: int | None
+    in_channels: int
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+
+
+# --- 1. resolve the source -------------------------------------------------------------------------------------
+
+
+def resolve_source(source: str | Path) -> Source:
+    """Find the weights of ``source`` (file, folder or hub id) and read the JSON files next to them.
+
+    Raises:
+        CheckpointError: a path that does not exist, or a hub id neither cached nor downloadable.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        if isinstance(source, Path) or not looks_like_hub_id(source):
+            raise CheckpointError(f"{source}: no such file or folder")
+        path = hub_folder(source)
+    weights = _find_weights(path) if path.is_dir() else path
+    config, preprocessor = (weights.parent / name for name in ("config.json", PREPROCESSOR_FILE))
+    return Source(
+        weights,
+        read_json(config) if config.is_file() else None,
+        read_json(preprocessor) if preprocessor.is_file() else None,
+    )
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """``namespace/name`` as the hub spells repository ids; "./x", "/x", "~/x" and "x/y/" are paths."""
+    return _HUB_ID.fullmatch(text) is not None and ".." not in text and "--" not in text
 
 
 def _find_weights(directory: Path) -> Path:
@@ -43,159 +113,220 @@ def _find_weights(directory: Path) -> Path:
     raise CheckpointError(f"{directory}: several weight files ({', '.join(p.name for p in found)}); pass one file")
 
 
-def _download(repo_id: str) -> Path:
-    """Fetch config and weights of a hub repo into the huggingface_hub cache; return the folder."""
-    try:
-        from huggingface_hub import hf_hub_download
+def hub_folder(repo_id: str) -> Path:
+    """The cached snapshot folder of hub repository ``repo_id``, downloading it when the hub answers.
+
+    The cache is looked in first; without a cached copy, an offline setting or an unreachable hub
+    fails at once, with one message that names the cache folder and what to do instead.
+    """
+    try:  # optional dependency (transformers brings it), imported only for hub ids
+        from huggingface_hub import constants
     except ImportError:
-        raise CheckpointError(f"{repo_id!r} is not a local path, and huggingface_hub is not installed") from None
-    folder = None
-    errors = []
-    for name in ("config.json", *WEIGHT_FILES):
-        try:
-            folder = Path(hf_hub_download(repo_id, name)).parent
-            if name != "config.json":
-                return folder
-        except Exception as e:  # offline, missing file, unknown repo: all reported together below
-            errors.append(f"{name}: {type(e).__name__}")
+        raise CheckpointError(f"{repo_id}: not a local path, and huggingface_hub is not installed") from None
+    cached = _fetch(repo_id, local_files_only=True)
+    if cached is not None:
+        return cached
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        reason = "HF_HUB_OFFLINE is set"
+    elif not hub_reachable(constants.ENDPOINT):
+        reason = f"{constants.ENDPOINT} cannot be reached"
+    else:
+        folder = _fetch(repo_id, local_files_only=False)
+        if folder is not None:
+            return folder
+        reason = f"{constants.ENDPOINT} has no weights for it (model.safetensors or pytorch_model.bin)"
     raise CheckpointError(
-        f"could not fetch {repo_id!r} from the Hugging Face hub ({'; '.join(errors)}). If this machine is "
-        "offline, download the repository elsewhere (config.json and model.safetensors) and pass its local "
-        "directory instead, e.g. from_pretrained('/path/to/segformer-b0-finetuned-ade-512-512')."
+        f"{repo_id}: not a local file or folder, not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+        f"and {reason}: {_OFFLINE_HINT}"
     )
 
 
-def resolve_source(source: str | Path) -> tuple[Path, dict | None, dict]:
-    """Find the weights file and config of ``source``; return (weights path, config or None, raw object)."""
-    path = Path(source)
-    if not path.exists():
-        if isinstance(source, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", source):
-            path = _download(source)
-        else:
-            raise CheckpointError(f"{source}: no such file or directory (nor a hub id like 'nvidia/mit-b0')")
-    weights = _find_weights(path) if path.is_dir() else path
-    config_file = weights.parent / "config.json"
-    config = read_json(config_file) if config_file.is_file() else None
-    return weights, config, read_tensors(weights)
+def _fetch(repo_id: str, local_files_only: bool) -> Path | None:
+    """Get config, preprocessor and weights of a hub repo into the cache; the folder, or None without weights."""
+    from huggingface_hub import hf_hub_download  # optional dependency, as in hub_folder
+
+    for name in ("config.json", PREPROCESSOR_FILE, *WEIGHT_FILES):
+        try:
+            folder = Path(hf_hub_download(repo_id, name, local_files_only=local_files_only, etag_timeout=3))
+        except Exception as e:  # missing file, unknown repo, not cached, network: the caller says what to do
+            log.debug("%s/%s: %s", repo_id, name, e)
+            continue
+        if name in WEIGHT_FILES:
+            return folder.parent
+    return None
 
 
-def _config_options(config: dict | None) -> dict:
-    """Model options from our config.json or a transformers one."""
-    if not config:
-        return {}
-    if config.get("format") == CONFIG_FORMAT:
-        return {
-            k: config[k]
-            for k in (
-                "variant",
-                "num_classes",
-                "class_names",
-                "drop_path_rate",
-                "decoder_dropout",
-                "layer_norm_eps",
-                "in_channels",
-            )
-            if config.get(k) is not None
-        }
-    if config.get("model_type") == "segformer":
-        options = {}
-        id2label = config.get("id2label") or {}
-        names = [id2label[k] for k in sorted(id2label, key=int)]
-        if names and not all(re.fullmatch(r"LABEL_\d+", n) for n in names):
-            options["class_names"] = names
-        for ours, theirs in (("drop_path_rate", "drop_path_rate"), ("decoder_dropout", "classifier_dropout_prob")):
-            if theirs in config:
-                options[ours] = config[theirs]
-        return options
-    return {}
+def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub's host opens within ``timeout`` seconds, name lookup included.
 
-
-def _class_names_from_meta(raw: object) -> list[str] | None:
-    meta = raw.get("meta") if isinstance(raw, dict) else None
-    names = meta.get("CLASSES") if isinstance(meta, dict) else None
-    return list(names) if names else None
-
-
-def from_pretrained(
-    source: str | Path,
-    *,
-    variant: str | None = None,
-    num_classes: int | None = None,
-    map_location: str | torch.device = "cpu",
-    **options,
-) -> SegFormer:
-    """Build a SegFormer from a checkpoint in any public layout (SPEC §3).
-
-    Args:
-        source: local file or directory, or a Hugging Face hub id.
-        variant: "b0" … "b5"; read from the weights when not given.
-        num_classes: read from the weights when not given; a different number re-initialises the
-            classifier (with a warning).
-        map_location: device for the loaded tensors.
-        **options: other ``SegFormer`` options (``in_channels``, ``drop_path_rate``, ``layer_norm_eps`` …).
-
-    Raises:
-        CheckpointError: the file is missing, corrupt or unsafe.
-        ValueError: the weights do not fit the requested variant (naming the first mismatched key).
+    The probe runs in a daemon thread because a name lookup cannot be given a timeout.
     """
-    weights, config, raw = resolve_source(source)
+    url = urlparse(endpoint)
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    opened: list[bool] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                opened.append(True)
+        except OSError:
+            pass
+        done.set()
+
+    threading.Thread(target=probe, daemon=True).start()
+    done.wait(timeout)
+    return bool(opened)
+
+
+# --- 2. read the state and its layout; 3. infer the architecture ----------------------------------------------
+
+
+def read_state(weights: Path, map_location: str | torch.device = "cpu") -> tuple[State, Layout, list[str], object]:
+    """Our-layout state dict of a weights file, its layout, the keys dropped, and the raw loaded object."""
+    raw = read_tensors(weights, map_location)
     try:
         state, layout, dropped = to_ours(unwrap(raw))
-        arch = infer_architecture(state)
     except ValueError as e:
         raise CheckpointError(f"{weights}: {e}") from None
     log.info("loading %s (%s layout)", weights, layout.name)
     if layout.note:
-        warnings.warn(f"{weights}: {layout.note}", LoadWarning, stacklevel=2)
+        warnings.warn(f"{weights}: {layout.note}", LoadWarning, stacklevel=3)
+    return state, layout, dropped, raw
 
-    stored = _config_options(config)
-    names = stored.pop("class_names", None) or _class_names_from_meta(raw)
-    stored.pop("variant", None)
-    stored_classes = stored.pop("num_classes", None)
+
+def infer_architecture(state: State) -> Architecture:
+    """Read variant, class count and input channels from our-layout weights."""
+    if "backbone.patch_embed1.proj.weight" not in state:
+        raise ValueError("checkpoint has no 'backbone.patch_embed1.proj.weight': not a SegFormer encoder")
+    widths = tuple(state[f"backbone.patch_embed{i}.proj.weight"].shape[0] for i in range(1, 5))
+    depths = tuple(len({k.split(".")[2] for k in state if k.startswith(f"backbone.block{i}.")}) for i in range(1, 5))
+    variant = next((n for n, v in VARIANTS.items() if v.widths == widths and v.depths == depths), None)
+    pred = state.get("decode_head.linear_pred.weight")
+    return Architecture(
+        variant=variant,
+        num_classes=None if pred is None else pred.shape[0],
+        in_channels=state["backbone.patch_embed1.proj.weight"].shape[1],
+        widths=widths,
+        depths=depths,
+    )
+
+
+# --- 4. build the config ----------------------------------------------------------------------------------------
+
+
+def stored_fields(source: Source, raw: object) -> dict:
+    """SegFormerConfig fields recorded with the weights: our config.json, or a transformers config.json and
+    preprocessor_config.json, or the class names in an mmseg checkpoint's ``meta``."""
+    config = source.config or {}
+    if config.get("format") == CONFIG_FORMAT:  # ours records everything, a missing protocol included
+        return {k: v for k, v in config.items() if k in CONFIG_FIELDS}
+    fields: dict = {}
+    if config.get("model_type") == "segformer":
+        try:
+            hf = SegFormerConfig.from_hf_config(config)
+        except ValueError as e:
+            raise CheckpointError(f"{source.weights.parent / 'config.json'}: {e}") from None
+        fields = {k: getattr(hf, k) for k in CONFIG_FIELDS}
+    else:
+        meta = raw.get("meta") if isinstance(raw, dict) else None
+        fields["class_names"] = (meta.get("CLASSES") or None) if isinstance(meta, dict) else None
+    base = dataset_protocol(fields.get("class_names"))
+    preprocessor = source.preprocessor
+    fields["protocol"] = base if preprocessor is None else TestProtocol.from_hf_preprocessor(preprocessor, base)
+    return fields
+
+
+def dataset_protocol(class_names: tuple[str, ...] | list[str] | None) -> TestProtocol | None:
+    """The official test protocol of the dataset whose class list is ``class_names``, if any."""
+    if not class_names:
+        return None
+    key = [name.strip().lower() for name in class_names]
+    for info in DATASETS.values():
+        if info.classes and [name.strip().lower() for name in info.classes] == key:
+            return _official_protocol(info)
+    return None
+
+
+def _official_protocol(info: DatasetInfo) -> TestProtocol:
+    protocol = getattr(info, "protocol", None)  # DatasetInfo.protocol, where segformer.data records it
+    if protocol is not None:
+        return protocol
+    return TestProtocol().replace(
+        mode=info.test_mode,
+        scale=info.test_scale,
+        crop=info.slide_crop,
+        stride=info.slide_stride,
+        aug_ratios=info.aug_ratios,
+        reduce_zero_label=info.reduce_zero_label,
+    )
+
+
+def build_config(
+    stored: dict, arch: Architecture, weights: Path, variant: str | None, num_classes: int | None, overrides: dict
+) -> SegFormerConfig:
+    """The model's config: variant and classes from the arguments or the weights, the rest as stored,
+    then ``overrides``. Stored names and palette are dropped when the class count changes."""
+    unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}: expected SegFormerConfig fields ({', '.join(CONFIG_FIELDS)})")
+    variant = variant or arch.variant
     if variant is None:
-        variant = arch["variant"]
-        if variant is None:
-            raise ValueError(
-                f"{weights}: encoder widths {arch['widths']} and depths {arch['depths']} match no MiT variant "
-                f"({', '.join(VARIANTS)})"
-            )
-    variant = normalize_variant(variant)
-    ckpt_classes = arch["num_classes"] or stored_classes
-    if num_classes is None:
-        if ckpt_classes is None:
-            raise ValueError(f"{weights}: backbone-only checkpoint; pass num_classes= to build the decoder")
-        num_classes = ckpt_classes
-    if names is not None and len(names) != num_classes:
-        names = None
-    kwargs = {**stored, "in_channels": arch["in_channels"], **options}
-    model = SegFormer(variant, num_classes, class_names=names, **kwargs)
-    expected = model.state_dict()
-    _check_fits(state, expected, variant, weights)
-
-    if model.backbone.in_channels != arch["in_channels"]:
-        key = "backbone.patch_embed1.proj.weight"
-        state[key] = adapt_input_conv(state[key], model.backbone.in_channels)
-        warnings.warn(
-            f"{weights}: first conv adapted from {arch['in_channels']} to {model.backbone.in_channels} input channels",
-            LoadWarning,
-            stacklevel=2,
+        raise ValueError(
+            f"{weights}: encoder widths {arch.widths} and depths {arch.depths} match no MiT variant "
+            f"({', '.join(VARIANTS)})"
         )
-    if arch["num_classes"] is not None and arch["num_classes"] != num_classes:
+    num_classes = num_classes or arch.num_classes
+    if num_classes is None:
+        raise ValueError(f"{weights}: backbone-only checkpoint; pass num_classes= to build the decoder")
+    fields = {**stored, "variant": variant, "num_classes": num_classes, "in_channels": arch.in_channels}
+    for key in ("class_names", "palette"):
+        if fields.get(key) is not None and len(fields[key]) != num_classes:
+            fields[key] = None
+    return SegFormerConfig(**{**fields, **overrides})
+
+
+# --- 5. adapt the weights; 6. load and report -------------------------------------------------------------------
+
+
+def adapt_state(state: State, arch: Architecture, model: SegFormer, weights: Path) -> State:
+    """Fit the weights to the model: check the encoder, adapt the first conv, drop a classifier of other classes."""
+    expected = model.state_dict()
+    _check_fits(state, expected, model.config.variant, weights)
+    in_channels = model.config.in_channels
+    if in_channels != arch.in_channels:
+        key = "backbone.patch_embed1.proj.weight"
+        state[key] = adapt_input_conv(state[key], in_channels)
+        message = f"{weights}: first conv adapted from {arch.in_channels} to {in_channels} input channels"
+        warnings.warn(message, LoadWarning, stacklevel=3)
+    if arch.num_classes is not None and arch.num_classes != model.num_classes:
         for suffix in ("weight", "bias"):
             state.pop(f"decode_head.linear_pred.{suffix}", None)
         warnings.warn(
-            f"{weights}: checkpoint has {arch['num_classes']} classes but num_classes={num_classes}: "
+            f"{weights}: checkpoint has {arch.num_classes} classes but num_classes={model.num_classes}: "
             "the classifier (decode_head.linear_pred) is re-initialised and needs training",
             LoadWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     _check_shapes(state, expected, weights)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    _report(weights, missing, unexpected, dropped, layout.drop)
-    return model.to(map_location)
+    return state
 
 
-def _check_fits(state: dict, expected: dict, variant: str, weights: Path) -> None:
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt a 3-channel first conv to ``in_channels`` as timm does.
+
+    One channel: the sum over RGB. More or other: RGB repeated, cut to ``in_channels`` and scaled
+    by 3 / in_channels so that the activation scale is kept.
+    """
+    if weight.shape[1] == in_channels:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeat = -(-in_channels // weight.shape[1])
+    return weight.repeat(1, repeat, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def _check_fits(state: State, expected: State, variant: str, weights: Path) -> None:
     """Refuse weights whose encoder has other blocks than the variant (first mismatched key named)."""
     ours = [k for k in expected if k.startswith("backbone.block")]
     theirs = [k for k in state if k.startswith("backbone.block")]
@@ -210,7 +341,7 @@ def _check_fits(state: dict, expected: dict, variant: str, weights: Path) -> Non
     )
 
 
-def _check_shapes(state: dict, expected: dict, weights: Path) -> None:
+def _check_shapes(state: State, expected: State, weights: Path) -> None:
     for key, want in expected.items():  # in model order, so the first mismatch is the earliest layer
         if key in state and state[key].shape != want.shape:
             raise ValueError(
@@ -219,69 +350,70 @@ def _check_shapes(state: dict, expected: dict, weights: Path) -> None:
             )
 
 
+def load_state(model: SegFormer, state: State, dropped: list[str], layout: Layout, weights: Path) -> None:
+    """Load ``state`` non-strictly and warn about what did not fit (see ``_report``)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    _report(weights, missing, unexpected, dropped, layout.drop)
+
+
 def _report(weights: Path, missing: list[str], unexpected: list[str], dropped: list[str], drop: tuple) -> None:
     if all(k.startswith("decode_head.") for k in missing) and "decode_head.linear_fuse.conv.weight" in missing:
-        warnings.warn(f"{weights}: backbone-only checkpoint: the decoder is initialised", LoadWarning, stacklevel=3)
+        warnings.warn(f"{weights}: backbone-only checkpoint: the decoder is initialised", LoadWarning, stacklevel=4)
         missing = []
     missing = [k for k in missing if not k.startswith("decode_head.linear_pred.")]
     unknown = [k for k in dropped if not k.startswith(drop)]
     for what, keys in (("missing", missing), ("unexpected", unexpected + unknown)):
         if keys:
-            warnings.warn(f"{weights}: {len(keys)} {what} keys: {', '.join(keys)}", LoadWarning, stacklevel=3)
+            warnings.warn(f"{weights}: {len(keys)} {what} keys: {', '.join(keys)}", LoadWarning, stacklevel=4)
     ignored = [k for k in dropped if k not in unknown]
     if ignored:
         log.info("%s: ignored %d keys with no counterpart (%s …)", weights, len(ignored), ignored[0])
 
 
-def save_pretrained(model: SegFormer, directory: str | Path, layout: str = "ours") -> None:
-    """Write ``model.safetensors`` and ``config.json`` to ``directory``.
+# --- the entry points -------------------------------------------------------------------------------------------
+
+
+def from_pretrained(
+    source: str | Path,
+    *,
+    variant: str | None = None,
+    num_classes: int | None = None,
+    map_location: str | torch.device = "cpu",
+    **config_overrides,
+) -> SegFormer:
+    """Build a SegFormer from a checkpoint in any public layout, in eval mode.
 
     Args:
-        layout: "ours" (read back bit-exactly by ``from_pretrained``) or "hf" (loadable by
-            ``transformers.SegformerForSemanticSegmentation.from_pretrained``).
+        source: local file or folder, or a Hugging Face hub id ("nvidia/segformer-b0-finetuned-ade-512-512").
+        variant: "b0" … "b5"; read from the weights when not given.
+        num_classes: read from the weights when not given; a different number re-initialises the
+            classifier (with a warning).
+        map_location: device of the model.
+        **config_overrides: other ``SegFormerConfig`` fields (class_names, palette, protocol,
+            drop_path_rate, decoder_dropout, layer_norm_eps, in_channels); they replace what is stored.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt or unsafe, or the hub id cannot be fetched.
+        ValueError: the weights do not fit the requested variant (naming the first mismatched key),
+            or an override is not a config field.
     """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if layout == "ours":
-        config = {"format": CONFIG_FORMAT, **model.config}
-    elif layout == "hf":
-        state = to_layout(state, "hf")
-        config = hf_config(model)
-    else:
-        raise ValueError(f"unknown layout {layout!r}: expected 'ours' or 'hf'")
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    atomic_write_json(directory / "config.json", config)
+    source = resolve_source(source)
+    state, layout, dropped, raw = read_state(source.weights)
+    try:
+        arch = infer_architecture(state)
+    except ValueError as e:
+        raise CheckpointError(f"{source.weights}: {e}") from None
+    config = build_config(stored_fields(source, raw), arch, source.weights, variant, num_classes, config_overrides)
+    model = SegFormer(config)
+    load_state(model, adapt_state(state, arch, model, source.weights), dropped, layout, source.weights)
+    return model.to(map_location).eval()
 
 
-def hf_config(model: SegFormer) -> dict:
-    """A transformers ``SegformerConfig`` as JSON for this model."""
-    variant = VARIANTS[model.config["variant"]]
-    id2label = {str(i): name for i, name in enumerate(model.class_names)}
-    return {
-        "architectures": ["SegformerForSemanticSegmentation"],
-        "model_type": "segformer",
-        "num_channels": model.config["in_channels"],
-        "num_encoder_blocks": 4,
-        "depths": list(variant.depths),
-        "hidden_sizes": list(variant.widths),
-        "num_attention_heads": list(variant.num_heads),
-        "sr_ratios": list(variant.sr_ratios),
-        "mlp_ratios": [variant.mlp_ratio] * 4,
-        "patch_sizes": [7, 3, 3, 3],
-        "strides": [4, 2, 2, 2],
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-        "classifier_dropout_prob": model.config["decoder_dropout"],
-        "drop_path_rate": model.config["drop_path_rate"],
-        "initializer_range": 0.02,
-        "layer_norm_eps": model.config["layer_norm_eps"],
-        "decoder_hidden_size": variant.decoder_dim,
-        "semantic_loss_ignore_index": 255,
-        "reshape_last_stage": True,
-        "id2label": id2label,
-        "label2id": {name: int(i) for i, name in id2label.items()},
-    }
+def save_pretrained(model: SegFormer, directory: str | Path, layout: str = "ours") -> Path:
+    """Write ``model.safetensors`` and ``config.json`` to ``directory`` (see ``segformer.writer.write_pretrained``).
+
+    Args:
+        layout: "ours" (read back bit-exactly by ``from_pretrained``) or "hf" (loadable by transformers'
+            ``SegformerForSemanticSegmentation`` and ``SegformerImageProcessor``).
+    """
+    return write_pretrained(model.state_dict(), model.config, directory, layout)

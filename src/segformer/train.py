@@ -75,15 +75,12 @@ def build_model(recipe: Recipe, classes: list[str], load_init: bool = True) -> S
             f"model.num_classes = {cfg.num_classes} but the {recipe.data.dataset} dataset has {len(classes)} "
             "classes (set model.num_classes = 0 to take them from the dataset)"
         )
-    options = {"drop_path_rate": cfg.drop_path_rate, "decoder_dropout": cfg.decoder_dropout}
+    options = {"drop_path_rate": cfg.drop_path_rate, "decoder_dropout": cfg.decoder_dropout, "class_names": classes}
     if cfg.init and load_init:
         from segformer.pretrained import from_pretrained
 
-        model = from_pretrained(cfg.init, variant=cfg.variant, num_classes=len(classes), **options)
-    else:
-        model = create_model(cfg.variant, len(classes), **options)
-    model.config["class_names"] = list(classes)
-    return model
+        return from_pretrained(cfg.init, variant=cfg.variant, num_classes=len(classes), **options)
+    return create_model(cfg.variant, len(classes), **options)
 
 
 def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:

@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 
-from segformer.model import VARIANTS
+from segformer.config import VARIANTS
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -14,10 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segformer import from_pretrained
+    from segformer import from_pretrained  # here, not at the top: keeps `segformer --help` fast
 
     model = from_pretrained(args.src, variant=args.variant, num_classes=args.num_classes)
     model.save_pretrained(args.dst, layout=args.layout)
     cfg = model.config
-    print(f"wrote SegFormer-{cfg['variant']} ({cfg['num_classes']} classes) to {args.dst} in the {args.layout} layout")
+    print(f"wrote SegFormer-{cfg.variant} ({cfg.num_classes} classes) to {args.dst} in the {args.layout} layout")
     return 0

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from segformer.export import export_onnx, export_pt2, onnx_max_abs_diff
 
     model = from_pretrained(args.weights).eval()
-    name = f"SegFormer-{model.config['variant']} ({model.config['num_classes']} classes)"
+    name = f"SegFormer-{model.config.variant} ({model.config.num_classes} classes)"
     if args.format == "pt2":
         export_pt2(model, args.output, args.height, args.width)
         print(f"wrote {name} to {args.output} (torch.export; load with torch.export.load(path).module())")

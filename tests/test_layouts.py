@@ -1,27 +1,32 @@
-"""Every checkpoint layout of SPEC §3 loads and gives the reference logits; bad files give clear errors.
+"""Every public checkpoint layout loads and gives the reference logits; bad files give clear errors.
 
 The foreign layouts are built here from transformers' own state dict with renames written in this
-file (not with segformer.checkpoints), so the test is an independent check of the mapping.
+file (not with segformer.layouts), so the test is an independent check of the mapping.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
-import subprocess
-import sys
+import time
 import warnings
 
+import huggingface_hub.constants
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import SegformerForSemanticSegmentation
+from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
 
 import segformer
-from reference import make_hf_model
-from segformer import CheckpointError, LoadWarning
+import segformer.pretrained
+from reference import make_hf_model, perturb_batchnorm
+from segformer import CheckpointError, LoadWarning, TestProtocol
 from segformer.cli import main as cli_main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 X = torch.randn(1, 3, 70, 90, generator=torch.Generator().manual_seed(3))
 CLASS_NAMES = [f"thing{i}" for i in range(7)]
@@ -131,7 +136,7 @@ def test_hf_hub_layout_reads_variant_classes_and_names(reference):
     with warnings.catch_warnings():
         warnings.simplefilter("error", LoadWarning)  # a clean load warns about nothing
         model = segformer.from_pretrained(folder, layer_norm_eps=1e-5)
-    assert model.config["variant"] == "b1" and model.num_classes == 7 and model.class_names == CLASS_NAMES
+    assert model.config.variant == "b1" and model.num_classes == 7 and model.class_names == CLASS_NAMES
     torch.testing.assert_close(logits_of(model), logits, atol=1e-5, rtol=0)
 
 
@@ -155,7 +160,7 @@ def test_full_model_layouts(layout, reference, tmp_path):
         (tmp_path / "config.json").write_text(json.dumps(hf.config.to_dict()))
         path = tmp_path
     model = load_quietly(path, layer_norm_eps=1e-5)
-    assert model.config["variant"] == "b1" and model.num_classes == 7
+    assert model.config.variant == "b1" and model.num_classes == 7
     if layout in ("official-pth", "hf-bin"):
         assert model.class_names == CLASS_NAMES
     torch.testing.assert_close(logits_of(model), logits, atol=1e-5, rtol=0)
@@ -174,7 +179,7 @@ def test_backbone_layouts_load_the_encoder_and_initialise_the_decoder(layout, re
     torch.save({"state_dict": state, "meta": {}}, path)
     with pytest.warns(LoadWarning, match="decoder is initialised"):
         model = segformer.from_pretrained(path, num_classes=5, layer_norm_eps=1e-5)
-    assert model.config["variant"] == "b1" and model.num_classes == 5
+    assert model.config.variant == "b1" and model.num_classes == 5
     with torch.no_grad():
         ours = model.eval().backbone(X)
         theirs = hf(X, output_hidden_states=True).hidden_states
@@ -191,7 +196,7 @@ def test_backbone_only_needs_num_classes(reference, tmp_path):
 
 def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
     model = segformer.create_model("b0", num_classes=3, class_names=["sky", "road", "car"], drop_path_rate=0.2)
-    model.decode_head.linear_fuse.bn.running_var.uniform_(0.5, 2.0)
+    perturb_batchnorm(model.decode_head.linear_fuse.bn)
     model.save_pretrained(tmp_path)
     loaded = segformer.from_pretrained(tmp_path)
     assert loaded.config == model.config
@@ -204,7 +209,7 @@ def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
 
 def test_hf_export_loads_in_transformers_with_our_logits(tmp_path):
     model = segformer.create_model("b0", num_classes=4, class_names=["a", "b", "c", "d"], layer_norm_eps=1e-5)
-    model.decode_head.linear_fuse.bn.running_mean.normal_()
+    perturb_batchnorm(model.decode_head.linear_fuse.bn)
     model.save_pretrained(tmp_path, layout="hf")
     hf = SegformerForSemanticSegmentation.from_pretrained(tmp_path).eval()
     assert hf.config.id2label == {0: "a", 1: "b", 2: "c", 3: "d"}
@@ -315,10 +320,151 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned_by_checkpoint").exists()
 
 
-def test_hub_id_offline_gives_one_clear_error(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    code = "import segformer; segformer.from_pretrained('nvidia/segformer-b0-finetuned-ade-512-512')"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert "could not fetch 'nvidia/segformer-b0-finetuned-ade-512-512'" in last and "local directory" in last
+HINT = (
+    "pass a local folder or file (segformer eval/predict: --weights DIR; segformer train: --set model.init=DIR), "
+    "or set HF_HUB_OFFLINE=1 to use only the cache"
+)
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """An empty huggingface_hub cache folder, and the current folder empty too (relative paths resolve there)."""
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.chdir(tmp_path)
+    return cache
+
+
+def fails_quickly(source: str, match: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match=match):
+        segformer.from_pretrained(source)
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("source", ["./nowhere", "/abs/nowhere", "~/nowhere-segformer", "nowhere/best/", "a/b/c"])
+def test_missing_paths_never_go_to_the_hub(source, empty_hub_cache, monkeypatch):
+    monkeypatch.setattr(segformer.pretrained, "hub_folder", lambda repo_id: pytest.fail(f"{repo_id} went to the hub"))
+    fails_quickly(source, f"^{re.escape(source)}: no such file or folder$")
+
+
+@pytest.mark.parametrize("how", ["offline", "unreachable-probe", "closed-port"])
+@pytest.mark.parametrize("repo_id", ["nowhere/best", "segformer-dem/run"])
+def test_uncached_hub_id_without_hub_fails_at_once(repo_id, how, empty_hub_cache, monkeypatch):
+    """One message: the id, the cache folder looked in, why the hub was not asked, what to do instead."""
+    if how == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        reason = "HF_HUB_OFFLINE is set"
+    elif how == "unreachable-probe":
+        monkeypatch.setattr(segformer.pretrained, "hub_reachable", lambda endpoint: False)
+        reason = "cannot be reached"
+    else:  # the real probe, against a port where nothing listens
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+        reason = "http://127.0.0.1:9 cannot be reached"
+    expected = f"^{re.escape(repo_id)}: .*{re.escape(str(empty_hub_cache))}.*{re.escape(reason)}.*{re.escape(HINT)}$"
+    fails_quickly(repo_id, expected)
+
+
+def test_hub_id_in_the_cache_loads_offline(empty_hub_cache, monkeypatch):
+    """A hub id is looked up in the huggingface_hub cache first (its refs/main → snapshots layout)."""
+    model = segformer.create_model("b0", num_classes=3)
+    snapshot = empty_hub_cache / "models--segformer-dem--run" / "snapshots" / ("0" * 40)
+    model.save_pretrained(snapshot)
+    (empty_hub_cache / "models--segformer-dem--run" / "refs").mkdir()
+    (empty_hub_cache / "models--segformer-dem--run" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(segformer.pretrained, "hub_reachable", lambda endpoint: pytest.fail("probed the hub"))
+    loaded = segformer.from_pretrained("segformer-dem/run")
+    assert loaded.config == model.config
+    assert torch.equal(loaded.decode_head.linear_pred.weight, model.decode_head.linear_pred.weight)
+
+
+def test_from_pretrained_returns_the_model_in_eval_mode(tmp_path):
+    segformer.create_model("b0", num_classes=3).save_pretrained(tmp_path)
+    models = [segformer.from_pretrained(tmp_path, drop_path_rate=0.5, decoder_dropout=0.5) for _ in range(2)]
+    assert all(m.training is False for m in models)
+    assert models[0].config.drop_path_rate == 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(models[0](X), models[1](X), atol=0, rtol=0)
+
+
+# The official mmseg 0.x test pipelines, written out here (local_configs/_base_/datasets/ade20k.py, cityscapes.py).
+ADE20K_PROTOCOL = {"mode": "whole", "scale": (2048, 512), "reduce_zero_label": True}
+CITYSCAPES_PROTOCOL = {"mode": "slide", "scale": (2048, 1024), "crop": (1024, 1024), "stride": (768, 768)}
+
+
+@pytest.mark.parametrize("dataset", ["ade20k", "cityscapes"])
+def test_hub_folder_of_a_known_dataset_gets_its_official_protocol(dataset, tmp_path):
+    """A transformers folder (config.json + preprocessor_config.json as on the hub) of ADE20K or Cityscapes."""
+    names = list(segformer.DATASETS[dataset].classes)
+    hf = make_hf_model("b0", num_labels=len(names), id2label=dict(enumerate(names)))
+    hf.save_pretrained(tmp_path)
+    reduce = dataset == "ade20k"
+    preprocessor = {"image_processor_type": "SegformerImageProcessor", "do_reduce_labels": reduce, "do_normalize": True}
+    preprocessor |= {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    protocol = segformer.from_pretrained(tmp_path).config.protocol
+    expected = ADE20K_PROTOCOL if dataset == "ade20k" else CITYSCAPES_PROTOCOL
+    assert {k: getattr(protocol, k) for k in expected} == expected
+    assert protocol.reduce_zero_label is reduce
+    assert protocol.mean == pytest.approx((123.675, 116.28, 103.53))
+    assert protocol.std == pytest.approx((58.395, 57.12, 57.375))
+
+
+def custom_protocol() -> TestProtocol:
+    return TestProtocol(mode="slide", scale=(1024, 512), crop=(256, 256), stride=(170, 170), mean=(1, 2, 3))
+
+
+@pytest.mark.parametrize("layout", ["ours", "hf"])
+def test_protocol_palette_and_names_survive_both_layouts(layout, tmp_path):
+    palette = [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
+    config = {"class_names": ["sky", "road", "car"], "palette": palette, "protocol": custom_protocol()}
+    model = segformer.create_model("b0", num_classes=3, layer_norm_eps=1e-5, **config)
+    model.save_pretrained(tmp_path, layout=layout)
+    assert segformer.from_pretrained(tmp_path).config == model.config
+    if layout == "ours":
+        written = json.loads((tmp_path / "config.json").read_text())
+        assert written["format"] == "segformer" and written["protocol"]["crop"] == [256, 256]
+        assert written["palette"] == [list(c) for c in palette]
+
+
+def test_hf_layout_preprocessor_loads_in_transformers(tmp_path):
+    protocol = TestProtocol(crop=(384, 320), mean=(127.5, 127.5, 127.5), std=(51.0, 51.0, 51.0), reduce_zero_label=True)
+    segformer.create_model("b0", num_classes=3, protocol=protocol).save_pretrained(tmp_path, layout="hf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # without torchvision, transformers says it falls back to its PIL backend
+        processor = SegformerImageProcessor.from_pretrained(tmp_path)
+    assert processor.image_mean == pytest.approx([0.5, 0.5, 0.5]) and processor.image_std == pytest.approx([0.2] * 3)
+    assert processor.do_reduce_labels is True and processor.size == {"height": 384, "width": 320}
+    pixels = processor(np.full((40, 50, 3), 255, np.uint8), return_tensors="np")["pixel_values"]
+    assert pixels.shape == (1, 3, 384, 320) and np.allclose(pixels, 2.5)  # (255 / 255 − 0.5) / 0.2
+
+
+def test_no_recorded_protocol_stays_none(tmp_path):
+    for layout in ("ours", "hf"):
+        segformer.create_model("b0", num_classes=3).save_pretrained(tmp_path / layout, layout=layout)
+        assert segformer.from_pretrained(tmp_path / layout).config.protocol is None
+
+
+def test_overrides_replace_stored_config_fields(tmp_path):
+    segformer.create_model("b0", num_classes=3, class_names=["a", "b", "c"]).save_pretrained(tmp_path)
+    protocol = custom_protocol()
+    model = segformer.from_pretrained(
+        tmp_path, class_names=["x", "y", "z"], palette=[(0, 0, 0)] * 3, protocol=protocol, layer_norm_eps=1e-5
+    )
+    assert model.class_names == ["x", "y", "z"] and model.config.palette == ((0, 0, 0),) * 3
+    assert model.config.protocol == protocol and model.backbone.norm1.eps == 1e-5
+    with pytest.raises(ValueError, match="unknown option 'colours'"):
+        segformer.from_pretrained(tmp_path, colours=[])
+    with pytest.raises(ValueError, match="class_names has 2 names but num_classes is 3"):
+        segformer.from_pretrained(tmp_path, class_names=["x", "y"])
+
+
+def test_model_config_is_read_only():
+    model = segformer.create_model("b0", num_classes=3)
+    with pytest.raises(AttributeError):
+        model.config = model.config.replace(num_classes=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.config.num_classes = 4

@@ -1,4 +1,4 @@
-"""Map every public SegFormer checkpoint layout onto this package's parameter names (SPEC §3).
+"""Map every public SegFormer checkpoint layout onto this package's parameter names: renaming and tensor surgery.
 
 Our names are the official NVlabs ones (``backbone.block1.0.attn.kv.weight`` …). A layout is a
 list of two-way rename rules written as templates: ``{s}`` is the stage (1-based in our names,
@@ -249,41 +249,3 @@ def to_layout(state: State, name: str) -> State:
             theirs = layout.strip + theirs
         out[theirs] = value
     return out
-
-
-def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Adapt a 3-channel first conv to ``in_channels`` as timm does.
-
-    One channel: the sum over RGB. More or other: RGB repeated, cut to ``in_channels`` and scaled
-    by 3 / in_channels so that the activation scale is kept.
-    """
-    if weight.shape[1] == in_channels:
-        return weight
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    repeat = -(-in_channels // weight.shape[1])
-    return weight.repeat(1, repeat, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
-
-
-def infer_architecture(state: State) -> dict:
-    """Read variant, class count and input channels from our-layout weights.
-
-    Returns:
-        dict with "variant" (or None when no variant fits), "num_classes" (None without a
-        classifier), "in_channels", "widths" and "depths".
-    """
-    from segformer.model import VARIANTS
-
-    if "backbone.patch_embed1.proj.weight" not in state:
-        raise ValueError("checkpoint has no 'backbone.patch_embed1.proj.weight': not a SegFormer encoder")
-    widths = tuple(state[f"backbone.patch_embed{i}.proj.weight"].shape[0] for i in range(1, 5))
-    depths = tuple(len({k.split(".")[2] for k in state if k.startswith(f"backbone.block{i}.")}) for i in range(1, 5))
-    variant = next((n for n, v in VARIANTS.items() if v.widths == widths and v.depths == depths), None)
-    pred = state.get("decode_head.linear_pred.weight")
-    return {
-        "variant": variant,
-        "num_classes": None if pred is None else pred.shape[0],
-        "in_channels": state["backbone.patch_embed1.proj.weight"].shape[1],
-        "widths": widths,
-        "depths": depths,
-    }
