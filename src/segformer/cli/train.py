@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,16 +22,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    parser.add_argument(
+        "--from-checkpoint",
+        default="last.pt",
+        metavar="NAME",
+        help="with --resume: the checkpoint in RUN_DIR to continue from (default: last.pt; e.g. last.prev.pt)",
+    )
     parser.add_argument("--device", help="cuda, cpu, cuda:1 … (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--no-check-data", action="store_true", help="skip reading every image and mask up front")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars; one line per validation")
     parser.add_argument("--list", action="store_true", help="list the packaged recipes and exit")
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
-    from pathlib import Path
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` when given (checked to be >= 1)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    import torch  # imported here: keeps `segformer --help` fast
 
+    torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    # imported here: keeps `segformer --help` fast
     from segformer.recipe import load_recipe, packaged_recipes
-    from segformer.train import train
+    from segformer.train import CheckpointWriteError, TrainingInterrupted, train
 
     if args.list:
         print("\n".join(packaged_recipes()))
@@ -38,19 +58,34 @@ def run(args: argparse.Namespace) -> int:
         if args.recipe or args.out:
             raise ValueError("--resume RUN_DIR continues with RUN_DIR/recipe.toml: pass no RECIPE nor --out")
         run_dir = Path(args.resume)
-        if not (run_dir / "last.pt").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no run to resume there ({run_dir / 'last.pt'} not found)")
+        if not (run_dir / "recipe.toml").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no run to resume there ({run_dir / 'recipe.toml'} not found)")
         recipe = load_recipe(run_dir / "recipe.toml", args.overrides)
     else:
+        if args.from_checkpoint != "last.pt":
+            raise ValueError("--from-checkpoint NAME picks the checkpoint of --resume RUN_DIR: pass --resume too")
         if not args.recipe:
             raise ValueError(f"pass a RECIPE (a .toml file or one of: {', '.join(packaged_recipes())})")
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = Path(args.out or Path("runs") / Path(args.recipe).stem)
     if args.data_root:
         recipe.data.root = str(Path(args.data_root).expanduser().resolve())
+    if args.no_check_data:
+        recipe.data.check = False
+    set_threads(args.threads)
     try:
-        train(recipe, run_dir, resume=bool(args.resume), device=args.device)
-    except FloatingPointError as e:  # a diverged run: say where it stopped and what was kept, no traceback
+        train(
+            recipe,
+            run_dir,
+            resume=bool(args.resume),
+            device=args.device,
+            checkpoint=args.from_checkpoint,
+            quiet=args.quiet,
+        )
+    except TrainingInterrupted as e:  # Ctrl-C: where the work is and how to continue, no traceback
         print(f"segformer train: {e}", file=sys.stderr)
+        return 130
+    except (FloatingPointError, CheckpointWriteError) as e:  # a diverged run, a full disk: what was kept
+        print(f"segformer train: error: {e}", file=sys.stderr)
         return 1
     return 0
