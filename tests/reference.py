@@ -42,7 +42,7 @@ def make_hf_model(variant: str, num_labels: int = 7, seed: int = 0, **config) ->
 
 
 def tiny_recipe(root, overrides: dict | None = None):
-    """The demo recipe on 64×64 synthetic scenes at ``root``: batch 2, 4 iterations, checkpoints every 2.
+    """The demo recipe on 64×64 synthetic scenes at ``root``: batch 2, 4 iterations (2 warm-up), checkpoints every 2.
 
     ``overrides`` maps recipe keys ("schedule.iters", "data.photometric" …) to ``--set`` values.
     """
@@ -57,6 +57,7 @@ def tiny_recipe(root, overrides: dict | None = None):
         "data.crop": "[64, 64]",
         "data.scale": "[64, 64]",
         "data.test_scale": "[64, 64]",
+        "optim.warmup_iters": 2,
         **(overrides or {}),
     }
     recipe = load_recipe("demo", [f"{k}={v}" for k, v in settings.items()])

@@ -435,7 +435,12 @@ def due(interval: int, done: int, total: int) -> bool:
 
 
 def train_loop(
-    run: Run, state: TrainState, ddp_model: nn.Module, batches: Iterator, val_set: SegmentationDataset, stop
+    run: Run,
+    state: TrainState,
+    ddp_model: nn.Module,
+    batches: Iterator,
+    val_set: SegmentationDataset,
+    stop: StopRequest,
 ) -> dict | None:
     """Iterations ``state.iteration + 1`` … ``schedule.iters``; returns the last validation metrics.
 
@@ -533,7 +538,13 @@ def train(
 
 
 def _train(
-    recipe: Recipe, run_dir: Path, dist_info: Distributed, resume: bool, checkpoint: str, quiet: bool, stop
+    recipe: Recipe,
+    run_dir: Path,
+    dist_info: Distributed,
+    resume: bool,
+    checkpoint: str,
+    quiet: bool,
+    stop: StopRequest,
 ) -> dict:
     # resume
     saved = read_resume_state(run_dir, checkpoint) if resume else None

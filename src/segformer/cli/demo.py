@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from segformer.cli.train import set_threads
+from segformer.cli.train import set_threads, train_and_report
 
 NUM_TRAIN, NUM_VAL, SIZE = 400, 40, 96  # synthetic scenes (the recipe's crop and scales match SIZE)
 NUM_OVERLAYS = 8
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from segformer.data.synthetic import write_synthetic
     from segformer.device import resolve_device
     from segformer.recipe import load_recipe
-    from segformer.train import recipe_protocol, train
+    from segformer.train import recipe_protocol
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     data_root = write_synthetic(out / "data", NUM_TRAIN, NUM_VAL, size=(SIZE, SIZE), seed=0)
     recipe = load_recipe("demo", [f"schedule.iters={args.iters}"] if args.iters else [])
     recipe.data.root = str(data_root.resolve())
-    summary = train(recipe, run_dir, device=str(device), quiet=args.quiet)
+    status, summary = train_and_report("demo", recipe, run_dir, device=str(device), quiet=args.quiet)
+    if status:
+        return status
 
     protocol = recipe_protocol(recipe, build_dataset("custom", data_root, "train"))
     write_overlays(run_dir / "best", data_root, out / "overlays", protocol, device)

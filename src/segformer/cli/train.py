@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -46,10 +47,31 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def train_and_report(command: str, *args, **kwargs) -> tuple[int, dict | None]:
+    """``segformer.train.train(*args, **kwargs)``; Ctrl-C, divergence, write failures and warnings told in one line.
+
+    Returns:
+        (exit status, the training summary or None): 130 after Ctrl-C, 1 after an error, else 0.
+    """
+    from segformer.train import CheckpointWriteError, train  # imported here: keeps `segformer --help` fast
+
+    def show(message: Warning | str, *_: object) -> None:  # one plain line, not the warning's source line
+        print(f"segformer {command}: warning: {message}", file=sys.stderr)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return 0, train(*args, **kwargs)
+    except KeyboardInterrupt as e:  # Ctrl-C: where the work is and how to continue, no traceback
+        print(f"segformer {command}: {e or 'interrupted'}", file=sys.stderr)
+        return 130, None
+    except (FloatingPointError, CheckpointWriteError) as e:  # a diverged run, a full disk: what was kept
+        print(f"segformer {command}: error: {e}", file=sys.stderr)
+        return 1, None
+
+
 def run(args: argparse.Namespace) -> int:
-    # imported here: keeps `segformer --help` fast
-    from segformer.recipe import load_recipe, packaged_recipes
-    from segformer.train import CheckpointWriteError, TrainingInterrupted, train
+    from segformer.recipe import load_recipe, packaged_recipes  # imported here: keeps `segformer --help` fast
 
     if args.list:
         print("\n".join(packaged_recipes()))
@@ -73,19 +95,5 @@ def run(args: argparse.Namespace) -> int:
     if args.no_check_data:
         recipe.data.check = False
     set_threads(args.threads)
-    try:
-        train(
-            recipe,
-            run_dir,
-            resume=bool(args.resume),
-            device=args.device,
-            checkpoint=args.from_checkpoint,
-            quiet=args.quiet,
-        )
-    except TrainingInterrupted as e:  # Ctrl-C: where the work is and how to continue, no traceback
-        print(f"segformer train: {e}", file=sys.stderr)
-        return 130
-    except (FloatingPointError, CheckpointWriteError) as e:  # a diverged run, a full disk: what was kept
-        print(f"segformer train: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    kwargs = {"resume": bool(args.resume), "device": args.device, "checkpoint": args.from_checkpoint}
+    return train_and_report("train", recipe, run_dir, quiet=args.quiet, **kwargs)[0]
