@@ -5,12 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import segformer.train as trainer
 from reference import tiny_recipe
 from segformer.data.synthetic import write_synthetic
 from segformer.training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # record_run also sets one thread in the torchrun ranks
 
 
 def record_run(out: Path, root: Path, batch: int) -> None:
