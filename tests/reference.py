@@ -43,3 +43,45 @@ def perturb_batchnorm(bn: nn.BatchNorm2d) -> None:
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.normal_(0.0, 0.2)
         bn.num_batches_tracked.fill_(1000)
+
+
+# --- training helpers (trainer tests) -------------------------------------------------------------------------
+
+
+def tiny_recipe(root, overrides: dict | None = None):
+    """The demo recipe on 64×64 synthetic scenes at ``root``: batch 2, 4 iterations (2 warm-up), checkpoints every 2.
+
+    ``overrides`` maps recipe keys ("schedule.iters", "data.photometric" …) to ``--set`` values.
+    """
+    from segformer.recipe import load_recipe
+
+    settings = {
+        "schedule.iters": 4,
+        "schedule.val_interval": 0,
+        "schedule.ckpt_interval": 2,
+        "schedule.log_interval": 1,
+        "data.batch_size": 2,
+        "data.crop": "[64, 64]",
+        "data.scale": "[64, 64]",
+        "data.test_scale": "[64, 64]",
+        "optim.warmup_iters": 2,
+        **(overrides or {}),
+    }
+    recipe = load_recipe("demo", [f"{k}={v}" for k, v in settings.items()])
+    recipe.data.root = str(root)
+    return recipe
+
+
+def numpy_miou(predictions, labels, num_classes: int) -> float:
+    """mmseg mIoU counted with NumPy: whole-set intersection / union per class, mean over classes with a union."""
+    import numpy as np
+
+    intersection, union = np.zeros(num_classes), np.zeros(num_classes)
+    for pred, label in zip(predictions, labels, strict=True):
+        keep = label != 255
+        for k in range(num_classes):
+            p, t = (pred == k) & keep, (label == k) & keep
+            intersection[k] += (p & t).sum()
+            union[k] += (p | t).sum()
+    present = union > 0
+    return float((intersection[present] / union[present]).mean())

@@ -5,12 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import segformer.train as trainer
+from reference import tiny_recipe
 from segformer.data.synthetic import write_synthetic
-from segformer.recipe import load_recipe
 from segformer.training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # record_run also sets one thread in the torchrun ranks
 
 
 def record_run(out: Path, root: Path, batch: int) -> None:
@@ -30,13 +33,8 @@ def record_run(out: Path, root: Path, batch: int) -> None:
 
     overrides = {
         "schedule.iters": 3,
-        "schedule.val_interval": 0,
         "schedule.ckpt_interval": 3,
-        "schedule.log_interval": 1,
         "data.batch_size": batch,
-        "data.crop": "[64, 64]",
-        "data.scale": "[64, 64]",
-        "data.test_scale": "[64, 64]",
         "data.photometric": "true",
         "model.drop_path_rate": 0.0,
         "model.decoder_dropout": 0.0,
@@ -44,8 +42,7 @@ def record_run(out: Path, root: Path, batch: int) -> None:
         "optim.warmup_iters": 0,
         "clip_grad": 0.0,
     }
-    recipe = load_recipe("demo", [f"{k}={v}" for k, v in overrides.items()])
-    recipe.data.root = str(root)
+    recipe = tiny_recipe(root, overrides)
     trainer.train_step = recording
     try:
         trainer.train(recipe, out / "run", device="cpu")

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+import reference
 import segformer.train as trainer
 from segformer.data.synthetic import write_synthetic
 from segformer.fileio import CheckpointError
-from segformer.recipe import load_recipe
 from segformer.training.checkpoint import load_checkpoint
 from segformer.training.data import TrainSampler, build_train_loader
 from segformer.transforms import train_transforms
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -23,24 +23,9 @@ def data_root(tmp_path_factory):
 
 
 def tiny_recipe(root, **values):
-    """The demo recipe on 64×64 images, batch 2, photometric distortion, drop path and dropout on (all random)."""
-    settings = {
-        "schedule.iters": 4,
-        "schedule.val_interval": 0,
-        "schedule.ckpt_interval": 2,
-        "schedule.log_interval": 1,
-        "data.batch_size": 2,
-        "data.crop": "[64, 64]",
-        "data.scale": "[64, 64]",
-        "data.test_scale": "[64, 64]",
-        "model.drop_path_rate": 0.1,
-        "model.decoder_dropout": 0.1,
-        "data.photometric": "true",
-        **values,
-    }
-    recipe = load_recipe("demo", [f"{k}={v}" for k, v in settings.items()])
-    recipe.data.root = str(root)
-    return recipe
+    """The tiny recipe with photometric distortion, drop path and dropout on (everything random)."""
+    randomness = {"model.drop_path_rate": 0.1, "model.decoder_dropout": 0.1, "data.photometric": "true"}
+    return reference.tiny_recipe(root, {**randomness, **values})
 
 
 class Killed(Exception):

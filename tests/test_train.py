@@ -3,12 +3,15 @@
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from reference import tiny_recipe
+from segformer.config import TestProtocol as Protocol  # not collected as a test class
 from segformer.data.synthetic import write_synthetic
 from segformer.model import create_model
 from segformer.plots import nice_ticks
@@ -17,7 +20,7 @@ from segformer.recipe import load_recipe, packaged_recipes
 from segformer.train import autocast_dtype, build_model, segmentation_loss, train, train_step
 from segformer.training.optim import build_optimizer, set_lr
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mmcv_rule(name: str) -> tuple[float, float]:
@@ -172,16 +175,12 @@ def test_short_run_lowers_the_loss_and_raises_miou(tmp_path):
         "schedule.val_interval": 20,
         "schedule.log_interval": 5,
         "data.batch_size": 8,
-        "data.crop": "[64, 64]",
-        "data.scale": "[64, 64]",
-        "data.test_scale": "[64, 64]",
         "data.photometric": "false",
         "data.ratio_range": "[1.0, 1.0]",
         "optim.lr": 1e-3,
         "loss.class_weights": "[]",
     }
-    recipe = load_recipe("demo", [f"{k}={v}" for k, v in settings.items()])
-    recipe.data.root = str(root)
+    recipe = tiny_recipe(root, settings)
     summary = train(recipe, tmp_path / "run", device="cpu")
 
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -238,9 +237,13 @@ def test_init_from_a_backbone_only_checkpoint(tmp_path):
     state |= {"head.weight": torch.zeros(1000, 256), "head.bias": torch.zeros(1000)}
     torch.save(state, tmp_path / "mit_b0.pth")
     recipe = load_recipe("demo", [f"model.init={str(tmp_path / 'mit_b0.pth')!r}"])
+    dataset = SimpleNamespace(classes=["a", "b", "c"], palette=np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], np.uint8))
+    protocol = Protocol(scale=(96, 96))
     with pytest.warns(UserWarning, match="backbone-only"):
-        model = build_model(recipe, ["a", "b", "c"])
+        model = build_model(recipe, dataset, protocol)
     assert model.num_classes == 3 and model.class_names == ["a", "b", "c"]
+    assert model.config["palette"] == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert Protocol.from_dict(model.config["protocol"]) == protocol
     for key, value in source.state_dict().items():
         if key.startswith("backbone."):
             assert torch.equal(model.state_dict()[key], value), key

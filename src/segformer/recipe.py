@@ -40,7 +40,8 @@ class DataRecipe:
     photometric: bool
     test_scale: list[int]  # (long, short) keep-ratio resize at validation
     batch_size: int  # per process
-    workers: int  # DataLoader worker processes per process
+    workers: int  # DataLoader worker processes per process (capped at the CPU cores available)
+    check: bool  # read every image and mask before training, refusing a broken dataset up front
 
 
 @dataclass
@@ -131,7 +132,7 @@ def _build(cls: type, table: dict, where: str, source: str) -> object:
     return cls(**values)
 
 
-def validate(recipe: Recipe, source: str) -> Recipe:
+def check_recipe(recipe: Recipe, source: str) -> Recipe:
     """Check values that types cannot: choices, lengths, positive counts."""
 
     def need(ok: bool, key: str, expected: str) -> None:
@@ -217,7 +218,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{source}: not valid TOML ({e})") from None
     apply_overrides(table, overrides or [])
-    return validate(_build(Recipe, table, "", source), source)
+    return check_recipe(_build(Recipe, table, "", source), source)
 
 
 def _toml_value(value: object) -> str:

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import time
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from segformer.cli.train import set_threads, train_and_report
 
 NUM_TRAIN, NUM_VAL, SIZE = 400, 40, 96  # synthetic scenes (the recipe's crop and scales match SIZE)
 NUM_OVERLAYS = 8
+CAPTION_HEIGHT = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="segformer-demo", help="output folder (default: segformer-demo)")
     parser.add_argument("--iters", type=int, help="training iterations (default: the demo recipe's)")
     parser.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores the load average leaves idle)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars; one line per validation")
 
 
 def idle_threads() -> int:
@@ -23,9 +32,7 @@ def idle_threads() -> int:
     OpenMP threads that share busy cores wait on each other; on a loaded 2-core machine two threads
     made a training step about ten times slower than one.
     """
-    import os
-
-    import torch
+    import torch  # imported here: keeps `segformer --help` fast
 
     idle = (os.cpu_count() or 1) - os.getloadavg()[0]
     return max(1, min(torch.get_num_threads(), int(idle + 0.5)))
@@ -36,34 +43,45 @@ def enlarge(array: np.ndarray, factor: int = 2) -> np.ndarray:
     return array.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def side_by_side(pictures: list[Image.Image]) -> Image.Image:
-    """Pictures next to each other on white, top-aligned, 8 px apart."""
-    canvas = Image.new(
-        "RGB", (sum(p.width for p in pictures) + 8 * (len(pictures) - 1), max(p.height for p in pictures)), "white"
-    )
+def side_by_side(pictures: list[Image.Image], captions: list[str]) -> Image.Image:
+    """Pictures next to each other on white, top-aligned, 8 px apart, each under its caption."""
+    width = sum(p.width for p in pictures) + 8 * (len(pictures) - 1)
+    canvas = Image.new("RGB", (width, CAPTION_HEIGHT + max(p.height for p in pictures)), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     x = 0
-    for picture in pictures:
-        canvas.paste(picture, (x, 0))
+    for picture, caption in zip(pictures, captions, strict=True):
+        draw.text((x + 2, 2), caption, fill="black", font=font)
+        canvas.paste(picture, (x, CAPTION_HEIGHT))
         x += picture.width + 8
     return canvas
 
 
+def write_overlays(weights: Path, data_root: Path, out: Path, protocol, device) -> None:
+    """Truth | prediction panels of the first held-out images, predicted by ``weights`` with ``protocol``."""
+    from segformer.data import build_dataset  # imported here: keeps `segformer --help` fast
+    from segformer.pretrained import from_pretrained
+    from segformer.train import protocol_segmenter
+    from segformer.visualize import overlay
+
+    held_out = build_dataset("custom", data_root, "val")
+    segmenter = protocol_segmenter(from_pretrained(weights, map_location=device), protocol)
+    out.mkdir(exist_ok=True)
+    for index in range(min(NUM_OVERLAYS, len(held_out))):
+        image, truth = held_out[index]
+        pictures = [
+            overlay(enlarge(image), enlarge(label), held_out.palette, held_out.classes, alpha=0.6)
+            for label in (truth, segmenter.predict(image))
+        ]
+        side_by_side(pictures, ["truth", "prediction"]).save(out / f"{index:05d}.png")
+
+
 def run(args: argparse.Namespace) -> int:
-    import os
-    import time
-    from pathlib import Path
-
-    import torch
-
+    # imported here: keeps `segformer --help` fast
     from segformer.data import build_dataset
     from segformer.data.synthetic import write_synthetic
-    from segformer.evaluate import evaluate
-    from segformer.inference import Segmenter
-    from segformer.metrics import format_table
-    from segformer.pretrained import from_pretrained
+    from segformer.device import resolve_device
     from segformer.recipe import load_recipe
-    from segformer.train import train
-    from segformer.visualize import overlay
+    from segformer.train import recipe_protocol
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -72,34 +90,28 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds a demo run: pass another --out, or delete {out}")
     if args.iters is not None and args.iters < 1:
         raise ValueError(f"--iters must be >= 1, got {args.iters}")
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(idle_threads())
+    device = resolve_device(args.device)  # before writing the data
+    set_threads(args.threads if args.threads or "OMP_NUM_THREADS" in os.environ else idle_threads())
     print(f"writing {NUM_TRAIN} training and {NUM_VAL} held-out synthetic {SIZE}×{SIZE} scenes to {out / 'data'}")
     data_root = write_synthetic(out / "data", NUM_TRAIN, NUM_VAL, size=(SIZE, SIZE), seed=0)
     recipe = load_recipe("demo", [f"schedule.iters={args.iters}"] if args.iters else [])
     recipe.data.root = str(data_root.resolve())
-    train(recipe, run_dir, device=args.device)
+    status, summary = train_and_report("demo", recipe, run_dir, device=str(device), quiet=args.quiet)
+    if status:
+        return status
 
-    model = from_pretrained(run_dir / "best", map_location=args.device or "cpu")
-    held_out = build_dataset("custom", data_root, "val")
-    segmenter = Segmenter.for_dataset(model, "custom", scale=tuple(recipe.data.test_scale))
-    metrics = evaluate(segmenter, held_out, progress=False)
-    overlays = out / "overlays"
-    overlays.mkdir(exist_ok=True)
-    for index in range(min(NUM_OVERLAYS, len(held_out))):
-        image, truth = held_out[index]
-        pictures = [
-            overlay(enlarge(image), enlarge(label), held_out.palette, held_out.classes, alpha=0.6)
-            for label in (truth, segmenter.predict(image))
-        ]
-        side_by_side(pictures).save(overlays / f"{index:05d}.png")
-    print(format_table(metrics, held_out.classes))
+    protocol = recipe_protocol(recipe, build_dataset("custom", data_root, "train"))
+    write_overlays(run_dir / "best", data_root, out / "overlays", protocol, device)
+    weights, quote = run_dir / "best", lambda path: shlex.quote(str(path))
     print(
-        f"\nheld-out mIoU {metrics['mIoU']:.3f} on {len(held_out)} unseen images "
-        f"({held_out.num_classes} classes) after {recipe.schedule.iters} iterations, "
-        f"{time.perf_counter() - start:.0f} s in all\n"
+        f"\nheld-out mIoU {summary['best_miou']:.3f} on {NUM_VAL} unseen images (best, at iteration "
+        f"{summary['best_iteration']} of {summary['iterations']}), {time.perf_counter() - start:.0f} s in all\n"
         f"  curves:   {run_dir / 'curves.png'}\n"
-        f"  overlays: {overlays} (held-out images: truth left, prediction right)\n"
-        f"  weights:  {run_dir / 'best'} (segformer predict --weights {run_dir / 'best'} IMAGE)"
+        f"  overlays: {out / 'overlays'} (held-out images: truth | prediction)\n"
+        f"  weights:  {weights} (they carry their test protocol, class names and palette)\n"
+        f"next:\n"
+        f"  segformer eval --weights {quote(weights)} --dataset custom --data-root {quote(data_root)}\n"
+        f"  segformer predict {quote(data_root / 'images' / 'val')} --weights {quote(weights)} "
+        f"--out {quote(out / 'predictions')}"
     )
     return 0

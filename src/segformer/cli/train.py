@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,16 +23,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    parser.add_argument(
+        "--from-checkpoint",
+        default="last.pt",
+        metavar="NAME",
+        help="with --resume: the checkpoint in RUN_DIR to continue from (default: last.pt; e.g. last.prev.pt)",
+    )
     parser.add_argument("--device", help="cuda, cpu, cuda:1 … (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--no-check-data", action="store_true", help="skip reading every image and mask up front")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars; one line per validation")
     parser.add_argument("--list", action="store_true", help="list the packaged recipes and exit")
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
-    from pathlib import Path
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` when given (checked to be >= 1)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    import torch  # imported here: keeps `segformer --help` fast
 
-    from segformer.recipe import load_recipe, packaged_recipes
-    from segformer.train import train
+    torch.set_num_threads(threads)
+
+
+def train_and_report(command: str, *args, **kwargs) -> tuple[int, dict | None]:
+    """``segformer.train.train(*args, **kwargs)``; Ctrl-C, divergence, write failures and warnings told in one line.
+
+    Returns:
+        (exit status, the training summary or None): 130 after Ctrl-C, 1 after an error, else 0.
+    """
+    from segformer.train import CheckpointWriteError, train  # imported here: keeps `segformer --help` fast
+
+    def show(message: Warning | str, *_: object) -> None:  # one plain line, not the warning's source line
+        print(f"segformer {command}: warning: {message}", file=sys.stderr)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return 0, train(*args, **kwargs)
+    except KeyboardInterrupt as e:  # Ctrl-C: where the work is and how to continue, no traceback
+        print(f"segformer {command}: {e or 'interrupted'}", file=sys.stderr)
+        return 130, None
+    except (FloatingPointError, CheckpointWriteError) as e:  # a diverged run, a full disk: what was kept
+        print(f"segformer {command}: error: {e}", file=sys.stderr)
+        return 1, None
+
+
+def run(args: argparse.Namespace) -> int:
+    from segformer.recipe import load_recipe, packaged_recipes  # imported here: keeps `segformer --help` fast
 
     if args.list:
         print("\n".join(packaged_recipes()))
@@ -38,19 +80,20 @@ def run(args: argparse.Namespace) -> int:
         if args.recipe or args.out:
             raise ValueError("--resume RUN_DIR continues with RUN_DIR/recipe.toml: pass no RECIPE nor --out")
         run_dir = Path(args.resume)
-        if not (run_dir / "last.pt").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no run to resume there ({run_dir / 'last.pt'} not found)")
+        if not (run_dir / "recipe.toml").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no run to resume there ({run_dir / 'recipe.toml'} not found)")
         recipe = load_recipe(run_dir / "recipe.toml", args.overrides)
     else:
+        if args.from_checkpoint != "last.pt":
+            raise ValueError("--from-checkpoint NAME picks the checkpoint of --resume RUN_DIR: pass --resume too")
         if not args.recipe:
             raise ValueError(f"pass a RECIPE (a .toml file or one of: {', '.join(packaged_recipes())})")
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = Path(args.out or Path("runs") / Path(args.recipe).stem)
     if args.data_root:
         recipe.data.root = str(Path(args.data_root).expanduser().resolve())
-    try:
-        train(recipe, run_dir, resume=bool(args.resume), device=args.device)
-    except FloatingPointError as e:  # a diverged run: say where it stopped and what was kept, no traceback
-        print(f"segformer train: {e}", file=sys.stderr)
-        return 1
-    return 0
+    if args.no_check_data:
+        recipe.data.check = False
+    set_threads(args.threads)
+    kwargs = {"resume": bool(args.resume), "device": args.device, "checkpoint": args.from_checkpoint}
+    return train_and_report("train", recipe, run_dir, quiet=args.quiet, **kwargs)[0]

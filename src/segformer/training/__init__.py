@@ -1,1 +1,1 @@
-"""Pieces of the trainer (``segformer.train``): optimiser and schedule, data order, checkpoints, distributed."""
+"""Pieces of the trainer (``segformer.train``): optimiser and schedule, data order, checkpoints, training state."""

@@ -4,18 +4,20 @@ A checkpoint holds the model, optimiser and GradScaler states, the number of fin
 the data position (micro-batches consumed), the best validation result so far and the random
 number generator states (Python, NumPy, torch, CUDA) of every process. Only tensors, dicts,
 lists, numbers and strings are stored, so it loads with ``torch.load(weights_only=True)``; files
-are written atomically (temporary file + rename), so a killed run keeps its previous checkpoint.
+are written atomically (temporary file + rename), so a killed run keeps its previous checkpoint,
+and ``last.pt`` keeps one generation back in ``last.prev.pt``.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from segformer.fileio import CheckpointError, atomic_torch_save, read_tensors
+from segformer.fileio import CheckpointError, atomic_write, read_tensors
 
 FORMAT = "segformer-train-1"
 
@@ -51,9 +53,28 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write a training state (``segformer.train.training_state``) atomically to ``path``."""
-    atomic_torch_save(path, {"format": FORMAT, **state})
+def previous_path(path: str | Path) -> Path:
+    """Where ``save_checkpoint(path, keep_previous=True)`` keeps the previous file: ``last.pt`` → ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: str | Path, state: dict, keep_previous: bool = False) -> None:
+    """Write a training state (``TrainState.state_dict()``) atomically to ``path``.
+
+    With ``keep_previous``, an existing ``path`` becomes ``previous_path(path)`` once the new file is
+    fully written, just before the new one takes its place; a failed write changes nothing.
+    """
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        torch.save({"format": FORMAT, **state}, tmp)
+        with open(tmp, "rb+") as f:  # on disk before the previous generation moves aside
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path) -> dict:

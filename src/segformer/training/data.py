@@ -11,6 +11,7 @@ augmentations of two processes with batch B.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -81,6 +82,11 @@ class AugmentedDataset(Dataset):
         return self.transform(image, mask, np.random.default_rng((self.seed, _AUGMENT, position)))
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which finishes its iteration, saves and stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_train_loader(
     dataset: Dataset,
     transform: Callable,
@@ -103,6 +109,7 @@ def build_train_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_interrupts,
         # the loader draws its workers' base seed from this generator, not from the global torch RNG
         generator=torch.Generator().manual_seed(seed),
     )

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from segformer.fileio import atomic_write
+from segformer.plots import plot_curves
 
 
 class RunLog:
@@ -24,7 +25,7 @@ class RunLog:
             self.records = [r for r in map(json.loads, filter(None, lines)) if r["iter"] <= resume_from]
         text = "".join(json.dumps(r) + "\n" for r in self.records)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
-        try:
+        try:  # imported here: tensorboard is optional
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return
@@ -43,8 +44,6 @@ class RunLog:
 
     def plot(self) -> None:
         if self.enabled:
-            from segformer.plots import plot_curves
-
             plot_curves(self.records, self.curves)
 
     def close(self) -> None:

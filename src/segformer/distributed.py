@@ -1,4 +1,4 @@
-"""Process groups under ``torchrun`` and synchronised BatchNorm on any device.
+"""Process groups under ``torchrun`` and synchronised BatchNorm on any device (used by train and eval).
 
 ``torchrun`` sets WORLD_SIZE, RANK and LOCAL_RANK; with more than one process the group uses NCCL
 on CUDA and Gloo on CPU. The decoder's BatchNorm becomes ``nn.SyncBatchNorm`` on GPUs, and
@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+from segformer.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -34,15 +36,15 @@ def init_distributed(device: str | None = None) -> Distributed:
     """Join the ``torchrun`` process group if WORLD_SIZE > 1; pick the device ("cuda" when available).
 
     Under torchrun with CUDA, each process uses GPU ``LOCAL_RANK``.
+
+    Raises:
+        ValueError: ``device`` is not a device name or not available here (``segformer.device.resolve_device``).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    dev = resolve_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
         if dev.index is None:
             dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
@@ -64,6 +66,15 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value)
     return value / dist.get_world_size()
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on at least one process (``flag`` itself with one process); call on every rank."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def gather_objects(obj: object) -> list:
