@@ -242,8 +242,8 @@ def test_init_from_a_backbone_only_checkpoint(tmp_path):
     with pytest.warns(UserWarning, match="backbone-only"):
         model = build_model(recipe, dataset, protocol)
     assert model.num_classes == 3 and model.class_names == ["a", "b", "c"]
-    assert model.config["palette"] == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    assert Protocol.from_dict(model.config["protocol"]) == protocol
+    assert model.config.palette == ((1, 2, 3), (4, 5, 6), (7, 8, 9))
+    assert model.config.protocol == protocol
     for key, value in source.state_dict().items():
         if key.startswith("backbone."):
             assert torch.equal(model.state_dict()[key], value), key
