@@ -188,3 +188,11 @@ def test_eval_show_dir_writes_truth_and_prediction_overlays(data, weights, tmp_p
     (y_truth, x_truth), (y_pred, x_pred) = places
     assert y_truth == y_pred > 0 and x_pred > x_truth  # side by side, under the captions
     assert (canvas[:y_truth] < 128).any()  # caption text above the panels
+
+
+def test_onnx_export_without_onnxscript_names_the_extra(weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    assert main(["export", str(tmp_path / "m.onnx"), "--weights", str(weights)]) == 1
+    line = one_error_line(capsys.readouterr().err, "export")
+    assert "onnxscript" in line and "pip install 'segformer[export]'" in line
+    assert not (tmp_path / "m.onnx").exists()

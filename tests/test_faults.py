@@ -149,3 +149,14 @@ def test_two_predict_processes_on_one_folder(images, weights, tmp_path):
             with Image.open(out / path.name) as picture:
                 picture.load()  # decodes fully: no half-written file under a final name
     assert len(json.loads("[" + ",".join((out / "manifest.jsonl").read_text().splitlines()) + "]")) == 6
+
+
+def test_disk_full_during_export_keeps_the_previous_file(weights, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "model.pt2"
+    target.write_bytes(b"previous export")
+    monkeypatch.setattr("segformer.export.export_program", lambda model, height, width: "a program")
+    monkeypatch.setattr(torch.export, "save", lambda program, tmp: disk_full_after_half(b"x" * 4096)(tmp))
+    assert main(["export", str(target), "--weights", str(weights), "--format", "pt2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and "No space left on device" in err[0] and "intact" in err[0]
+    assert target.read_bytes() == b"previous export" and leftovers(tmp_path) == []

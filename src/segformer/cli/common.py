@@ -72,6 +72,8 @@ def describe_protocol(segmenter: object) -> str:
 
 def missing_package_hint(error: ImportError) -> str | None:
     """One line naming a missing optional package and its pip command; None for any other ImportError."""
+    if error.name is None and "pip install" in str(error):  # raised by the project with its hint already
+        return str(error)
     name = (error.name or "").split(".")[0]
     if name not in OPTIONAL_PACKAGES:
         return None
