@@ -1,5 +1,6 @@
 """``segformer predict`` on a folder of awkward files: formats, EXIF rotation, 16 bits, a corrupt file."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -68,8 +69,17 @@ def test_predict_folder_writes_labels_and_overlays_and_names_the_corrupt_file(in
         with Image.open(out / f"{stem}_overlay.png") as picture:
             assert picture.width >= w and picture.height > h  # photo plus legend strip
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{Path(n).stem}_{kind}.png" for n in EXPECTED_SIZES for kind in ("label", "overlay")
+        [f"{Path(n).stem}_{kind}.png" for n in EXPECTED_SIZES for kind in ("label", "overlay")] + ["manifest.jsonl"]
     )
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [Path(line["input"]).name for line in lines] == ["broken.png", "gray.png", "rgb.jpg", "rgba.png",
+                                                            "rotated.jpg", "deep.png"]  # fmt: skip
+    assert "broken.png" in lines[0]["error"]
+    for line in lines[1:]:
+        label = np.array(Image.open(out / line["label"]))
+        assert (line["height"], line["width"]) == label.shape
+        ids, counts = np.unique(label, return_counts=True)
+        assert line["class_pixels"] == {["sky", "road", "tree"][i]: int(c) for i, c in zip(ids, counts, strict=True)}
 
 
 def test_console_script_with_a_glob(inputs, weights, tmp_path):

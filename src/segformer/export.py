@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from segformer.fileio import atomic_write
 from segformer.model import SegFormer
 
 FORMATS = ("onnx", "pt2")
@@ -57,7 +58,8 @@ def export_program(model: SegFormer, height: int = 512, width: int = 512) -> tor
 def export_pt2(model: SegFormer, path: str | Path, height: int = 512, width: int = 512) -> Path:
     """Write a ``torch.export`` program (load with ``torch.export.load(path).module()``)."""
     path = Path(path)
-    torch.export.save(export_program(model, height, width), path)
+    program = export_program(model, height, width)
+    atomic_write(path, lambda tmp: torch.export.save(program, tmp))
     return path
 
 
@@ -94,7 +96,7 @@ def export_onnx(
         external_data=False,
         verbose=False,
     )
-    onnx_program.save(str(path))
+    atomic_write(path, lambda tmp: onnx_program.save(tmp))
     return path
 
 

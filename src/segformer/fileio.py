@@ -1,8 +1,8 @@
-"""Safe reading and atomic writing of checkpoint files.
+"""Safe reading of checkpoint files and atomic writing of every output file.
 
 Reading never unpickles code: ``.safetensors`` goes through safetensors, everything else through
 ``torch.load(weights_only=True)``. Writing goes to a temporary file in the same folder that is
-renamed over the target, so a killed process never leaves a half-written file behind.
+renamed over the target, so a killed process or a full disk never leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -64,19 +64,40 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
+def _umask() -> int:
+    """The process's file-mode creation mask (``os.umask`` can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
+
+    The temporary file lies in the target's folder (so the rename is atomic) and gets the mode a new file
+    would get under the user's umask. Readers see the previous file or the complete new one, never a part.
+
+    Raises:
+        OSError: naming ``path`` and saying the previous file is intact, when writing fails (disk full,
+            permissions …); the temporary file is removed and the errno kept.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates the file 0600
+        finally:
+            os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise OSError(e.errno, f"{path}: cannot write ({e.strerror or e}); {kept}") from e
         raise
 
 

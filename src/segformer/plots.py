@@ -1,4 +1,7 @@
-"""Training curves as a PNG drawn with Pillow: training loss and validation mIoU against iterations."""
+"""Training curves as a PNG drawn with Pillow: training loss and validation mIoU against iterations.
+
+Each panel has a title, tick values on both axes and both axis labels (the y label written upwards).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from segformer.fileio import atomic_write
 
 Series = Sequence[tuple[float, float]]
-MARGIN = (64, 34, 16, 44)  # left, top, right, bottom of a panel's plotting area
+MARGIN = (78, 34, 16, 44)  # left, top, right, bottom of a panel's plotting area
 AXIS, GRID, TEXT = (60, 60, 60), (225, 225, 225), (20, 20, 20)
 
 
@@ -31,19 +34,31 @@ def _label(value: float) -> str:
     return f"{value:.4g}"
 
 
+def draw_vertical_text(image: Image.Image, centre: tuple[float, float], text: str, font: ImageFont.ImageFont) -> None:
+    """``text`` written bottom to top (turned 90° anticlockwise), centred on ``centre``."""
+    left, top, right, bottom = font.getbbox(text)
+    strip = Image.new("RGB", (right - left + 2, bottom - top + 2), "white")
+    ImageDraw.Draw(strip).text((1 - left, 1 - top), text, fill=TEXT, font=font)
+    strip = strip.rotate(90, expand=True)
+    image.paste(strip, (round(centre[0] - strip.width / 2), round(centre[1] - strip.height / 2)))
+
+
 def draw_panel(
-    draw: ImageDraw.ImageDraw,
+    image: Image.Image,
     box: tuple[int, int, int, int],
     series: Series,
     title: str,
+    y_label: str,
     colour: tuple[int, int, int],
     y_from_zero: bool = False,
 ) -> None:
-    """Axes with ticks, grid and labels in ``box`` (x0, y0, x1, y1), and ``series`` as a line with points."""
+    """Axes with ticks, grid, tick values and axis labels in ``box`` (x0, y0, x1, y1), and ``series`` as a line."""
+    draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     x0, y0 = box[0] + MARGIN[0], box[1] + MARGIN[1]
     x1, y1 = box[2] - MARGIN[2], box[3] - MARGIN[3]
     draw.text(((x0 + x1) / 2, box[1] + 10), title, fill=TEXT, font=font, anchor="mt")
+    draw_vertical_text(image, (box[0] + 10, (y0 + y1) / 2), y_label, font)
     if not series:
         draw.rectangle((x0, y0, x1, y1), outline=AXIS)
         draw.text(((x0 + x1) / 2, (y0 + y1) / 2), "no data yet", fill=AXIS, font=font, anchor="mm")
@@ -81,8 +96,7 @@ def plot_curves(records: Sequence[dict], path: str | Path, size: tuple[int, int]
     loss = [(r["iter"], r["loss"]) for r in records if "loss" in r]
     miou = [(r["iter"], r["mIoU"]) for r in records if "mIoU" in r]
     image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
     half = size[0] // 2
-    draw_panel(draw, (0, 0, half, size[1]), loss, "training loss", (31, 119, 180))
-    draw_panel(draw, (half, 0, size[0], size[1]), miou, "validation mIoU", (214, 39, 40), y_from_zero=True)
+    draw_panel(image, (0, 0, half, size[1]), loss, "training loss", "loss", (31, 119, 180))
+    draw_panel(image, (half, 0, size[0], size[1]), miou, "validation mIoU", "mIoU", (214, 39, 40), y_from_zero=True)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -1,14 +1,38 @@
-"""Pictures of label maps: colour images, overlays on the photo with a legend, palette PNGs."""
+"""Pictures of label maps: colour images, overlays on the photo with a legend, palette PNGs, captioned panels.
+
+Legends and captions scale with the picture: the font is 1/32 of the picture's short side (9 to 160 px), so a
+96-pixel thumbnail and a 6000×4000 photo both get a legend in proportion. Every file is written atomically.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from segformer.constants import IGNORE_INDEX
+from segformer.fileio import atomic_write
+
+FONT_FRACTION = 1 / 32  # legend and caption font size per pixel of the picture's short side
+FONT_BOUNDS = (9, 160)  # smallest legible size, and a cap for huge pictures
+MIN_LEGEND_ROWS = 4  # legend rows allowed even when the picture is smaller
+
+
+def font_size(width: int, height: int) -> int:
+    """Legend/caption font size (= swatch size) in pixels for a ``width × height`` picture."""
+    return int(np.clip(round(min(width, height) * FONT_FRACTION), *FONT_BOUNDS))
+
+
+def save_image(picture: Image.Image, path: str | Path) -> None:
+    """Write ``picture`` atomically in the format its suffix names (.png, .jpg …)."""
+    path = Path(path)
+    file_format = Image.registered_extensions().get(path.suffix.lower())
+    if file_format is None:
+        raise ValueError(f"{path}: unknown image file type {path.suffix!r}; expected .png or .jpg")
+    atomic_write(path, lambda tmp: picture.save(tmp, format=file_format))
 
 
 def _lookup_table(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -41,7 +65,7 @@ def save_label_png(label: np.ndarray, path: str | Path, palette: np.ndarray) -> 
         raise ValueError(f"{path}: a palette PNG holds class ids up to 255, but there are {len(palette)} classes")
     picture = Image.fromarray(label.astype(np.uint8), mode="P")
     picture.putpalette(table.tobytes())
-    picture.save(path)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 def overlay(
@@ -56,7 +80,7 @@ def overlay(
     The legend lists every class found in ``label``, largest area first, as a colour swatch, the
     class name and its share of the labelled pixels. Ignored pixels keep the photo's colours.
     """
-    photo = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    photo = np.ascontiguousarray(image.convert("RGB") if isinstance(image, Image.Image) else image, np.uint8)
     label = np.asarray(label)
     if photo.shape[:2] != label.shape:
         raise ValueError(
@@ -64,9 +88,8 @@ def overlay(
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
-    colours = colorize(label, palette)
-    blended = photo * (1.0 - alpha) + colours * alpha
-    blended = np.where((label == IGNORE_INDEX)[..., None], photo, blended.round()).astype(np.uint8)
+    blended = cv2.addWeighted(photo, 1.0 - alpha, colorize(label, palette), alpha, 0.0)  # uint8, rounded
+    np.copyto(blended, photo, where=(label == IGNORE_INDEX)[..., None])
 
     ids, counts = np.unique(label[label != IGNORE_INDEX], return_counts=True)
     order = np.argsort(-counts, kind="stable")
@@ -79,29 +102,69 @@ def _percent(share: float) -> str:
     return f"{share:.1f}%" if share >= 0.05 else "<0.1%"
 
 
-def _with_legend(picture: Image.Image, entries: list[tuple[int, str]], palette: np.ndarray) -> Image.Image:
-    """``picture`` above a white strip of (class id, text) entries, wrapped into rows."""
-    size = int(np.clip(picture.width / 40, 14, 40))
-    font, gap = ImageFont.load_default(size=size), size // 2  # Pillow >= 10.1
-    draw = ImageDraw.Draw(picture)
-    widths = [size + gap // 2 + int(draw.textlength(text, font=font)) for _, text in entries]
-    width = max([picture.width, *(w + 2 * gap for w in widths)])
-    rows, x = [[]], gap
-    for entry, w in zip(entries, widths, strict=True):
+def _rows(widths: Sequence[int], width: int, gap: int) -> list[list[tuple[int, int]]]:
+    """Entries (index, x) wrapped into rows of at most ``width`` pixels."""
+    rows: list[list[tuple[int, int]]] = [[]]
+    x = gap
+    for index, w in enumerate(widths):
         if x + w > width - gap and rows[-1]:
             rows.append([])
             x = gap
-        rows[-1].append((entry, x))
+        rows[-1].append((index, x))
         x += w + 2 * gap
+    return rows
+
+
+def _with_legend(picture: Image.Image, entries: list[tuple[int, str]], palette: np.ndarray) -> Image.Image:
+    """``picture`` above a white strip of (class id, text) entries, wrapped into rows.
+
+    The strip is no taller than the picture (but always has room for ``MIN_LEGEND_ROWS`` rows): entries that
+    do not fit are summed up as "+N more".
+    """
+    size = font_size(*picture.size)
+    font, gap = ImageFont.load_default(size=size), max(2, size // 2)  # Pillow >= 10.1
     line = size + gap
+    max_rows = max(MIN_LEGEND_ROWS, (picture.height - gap) // line)
+    measure = ImageDraw.Draw(picture)
+    shown = len(entries)
+    while True:
+        items = entries[:shown] + ([(-1, f"+{len(entries) - shown} more")] if shown < len(entries) else [])
+        widths = [size + gap // 2 + int(measure.textlength(text, font=font)) for _, text in items]
+        width = max([picture.width, *(w + 2 * gap for w in widths)])
+        rows = _rows(widths, width, gap)
+        if len(rows) <= max_rows or shown == 0:
+            break
+        shown -= 1
     canvas = Image.new("RGB", (width, picture.height + len(rows) * line + gap), "white")
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for r, row in enumerate(rows):
         y = picture.height + gap + r * line
-        for (class_id, text), x in row:
-            draw.rectangle(
-                (x, y, x + size - 1, y + size - 1), fill=tuple(int(c) for c in palette[class_id]), outline="black"
-            )
+        for index, x in row:
+            class_id, text = items[index]
+            if class_id >= 0:
+                colour = tuple(int(c) for c in palette[class_id])
+                draw.rectangle((x, y, x + size - 1, y + size - 1), fill=colour, outline="black")
             draw.text((x + size + gap // 2, y + size // 2), text, fill="black", font=font, anchor="lm")
+    return canvas
+
+
+def panels(items: Sequence[tuple[str, Image.Image | np.ndarray]], gap: int = 8) -> Image.Image:
+    """Pictures side by side on white, top-aligned, ``gap`` pixels apart, each under a centred caption.
+
+    Example: ``panels([("truth", overlay(image, mask, ...)), ("prediction", overlay(image, pred, ...))])``.
+    """
+    if not items:
+        raise ValueError("panels needs at least one (caption, picture) pair")
+    pictures = [p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p, np.uint8)) for _, p in items]
+    size = min(font_size(*p.size) for p in pictures)
+    font, band = ImageFont.load_default(size=size), 2 * size
+    width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
+    canvas = Image.new("RGB", (width, band + max(p.height for p in pictures)), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for (caption, _), picture in zip(items, pictures, strict=True):
+        draw.text((x + picture.width / 2, band / 2), caption, fill="black", font=font, anchor="mm")
+        canvas.paste(picture.convert("RGB"), (x, band))
+        x += picture.width + gap
     return canvas

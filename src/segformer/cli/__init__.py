@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from segformer.cli.common import error_line, missing_package_hint
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "convert a checkpoint of any layout to ours or to transformers' layout"),
@@ -18,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("benchmark", "latency, GMACs and peak memory, optionally against transformers"),
     "predict": ("predict", "segment images: label PNGs and overlays with a legend"),
     "eval": ("eval", "mIoU of a model on a dataset split (torchrun for several processes)"),
+    "check-data": ("check_data", "check a dataset before training: every image/mask pair, class ids, pixel shares"),
     "train": ("train", "train with a recipe (paper settings packaged), resumable, torchrun for several GPUs"),
     "demo": ("demo", "train a B0 from scratch on synthetic shapes, offline, in minutes on a CPU"),
 }
@@ -38,8 +41,17 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``segformer COMMAND [options]``; return the exit status.
+
+    User errors (bad values, missing or existing files, unwritable outputs, a missing optional package) print
+    one line ``segformer COMMAND: error: ...`` and return 1; Ctrl-C prints one line and returns 130. Any other
+    exception is a bug and keeps its traceback.
+    """
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
@@ -50,11 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"segformer: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    args = build_parser(argv[0]).parse_args(argv[1:])
+    prefix = f"segformer {argv[0]}"
     try:
+        args = build_parser(argv[0]).parse_args(argv[1:])
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
-        print(f"segformer {argv[0]}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except ImportError as e:
+        hint = missing_package_hint(e)
+        if hint is None:
+            raise
+        print(f"{prefix}: error: {hint}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:  # user errors (CheckpointError is a ValueError): one line, no traceback
+        print(f"{prefix}: error: {error_line(e)}", file=sys.stderr)
         return 1
 
 

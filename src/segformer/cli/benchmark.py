@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 
+from segformer.cli.common import add_device_argument, add_threads_argument
 from segformer.config import VARIANTS
 
 
@@ -20,11 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", default=["b0"], choices=list(VARIANTS), help="default: b0")
     parser.add_argument("--sizes", nargs="+", type=_size, default=[(512, 512)], help="HxW … (default: 512x512)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per step (default: 1)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    add_device_argument(parser, default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per model (default: 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default: 2)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    add_threads_argument(parser)
     parser.add_argument("--num-classes", type=int, default=150, help="classes of the random model (default: 150)")
     parser.add_argument("--weights", help="checkpoint to benchmark instead of random weights (sets variant)")
     parser.add_argument("--compare-hf", action="store_true", help="also run transformers' model, same weights")
@@ -37,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from segformer.benchmark import Case, format_table, num_threads, run_case
+    from segformer.device import resolve_device
 
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
         raise ValueError("--batch-size and --repeats must be >= 1 and --warmup >= 0")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    resolve_device(args.device)
+    if args.compare_hf:
+        import transformers  # noqa: F401  (fail before measuring: main turns a missing package into its pip hint)
     results = []
     with num_threads(args.threads):
         threads = torch.get_num_threads()

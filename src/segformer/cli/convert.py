@@ -14,8 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from segformer import from_pretrained  # here, not at the top: keeps `segformer --help` fast
 
+    if Path(args.dst).exists() and not Path(args.dst).is_dir():
+        raise FileExistsError(f"{args.dst}: exists and is not a folder; DST is the output folder")
     model = from_pretrained(args.src, variant=args.variant, num_classes=args.num_classes)
     model.save_pretrained(args.dst, layout=args.layout)
     cfg = model.config

@@ -10,6 +10,17 @@ import argparse
 import math
 import os
 import time
+from collections.abc import Callable
+from pathlib import Path
+
+from segformer.cli.common import (
+    add_device_argument,
+    add_quiet_argument,
+    add_threads_argument,
+    apply_threads,
+    describe_protocol,
+    plural,
+)
 
 SUMMARY = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall", "fwIoU")
 
@@ -24,9 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scale", type=int, nargs=2, metavar=("LONG", "SHORT"), help="test scale (default: the dataset's protocol)"
     )
     parser.add_argument("--aug", action="store_true", help="multi-scale + flip test with the dataset's ratios")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    add_device_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument("--out", help="write the per-class and summary metrics to this JSON file")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
+    parser.add_argument(
+        "--show-dir", metavar="DIR", help="write DIR/<image>.png: truth and prediction overlays side by side"
+    )
+    add_quiet_argument(parser)
 
 
 def _number(value: float) -> float | None:
@@ -41,6 +57,18 @@ def results_json(results: dict, class_names: list[str], info: dict) -> dict:
     ]
     summary = {key: _number(results[key]) for key in SUMMARY if key in results}
     return {**info, "summary": summary, "per_class": per_class}
+
+
+def overlay_writer(dataset, show_dir: Path) -> Callable:
+    """An ``evaluate`` callback writing ``show_dir/<image stem>.png``: truth and prediction overlays, captioned."""
+    from segformer.visualize import overlay, panels, save_image
+
+    def write(index: int, image, mask, prediction) -> None:
+        pictures = [(title, overlay(image, label, dataset.palette, dataset.classes)) for title, label in
+                    (("truth", mask), ("prediction", prediction))]  # fmt: skip
+        save_image(panels(pictures), show_dir / f"{dataset.image_path(index).stem}.png")
+
+    return write
 
 
 def _setup_distributed(device: str):
@@ -60,12 +88,12 @@ def _setup_distributed(device: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     import torch.distributed as dist
     from torch.utils.data import Subset
 
     from segformer import from_pretrained
     from segformer.data import build_dataset
+    from segformer.device import resolve_device
     from segformer.evaluate import evaluate
     from segformer.fileio import atomic_write_json
     from segformer.inference import Segmenter
@@ -73,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    device, initialised = _setup_distributed(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for path, flag in ((args.out, "--out"), (args.show_dir, "--show-dir")):
+        if path and Path(path).exists() and Path(path).is_dir() != (flag == "--show-dir"):
+            raise FileExistsError(f"{flag} {path}: exists and is not a {'folder' if flag == '--show-dir' else 'file'}")
+    apply_threads(args.threads)
+    device, initialised = _setup_distributed(str(resolve_device(args.device)))
     try:
         main_rank = not dist.is_initialized() or dist.get_rank() == 0
         dataset = build_dataset(args.dataset, args.data_root, args.split)
@@ -84,13 +116,17 @@ def run(args: argparse.Namespace) -> int:
             )
         overrides = {key: value for key, value in (("mode", args.mode), ("scale", args.scale)) if value is not None}
         segmenter = Segmenter.for_dataset(model, dataset.info.name, aug=args.aug, **overrides)
-        subset = Subset(dataset, range(min(args.limit, len(dataset)))) if args.limit else dataset
+        subset = Subset(dataset, range(min(args.limit, len(dataset)))) if args.limit else dataset  # same indices
+        show = overlay_writer(dataset, Path(args.show_dir)) if args.show_dir else None
         start = time.perf_counter()
-        results = evaluate(segmenter, subset, progress=main_rank)
+        results = evaluate(segmenter, subset, progress=main_rank and not args.quiet, on_prediction=show)
         seconds = time.perf_counter() - start
         if main_rank:
             print(format_table(results, dataset.classes))
-            print(f"{len(subset)} images of {dataset.name} {args.split} in {seconds:.1f} s with {segmenter}")
+            images = plural(len(subset), "image")
+            print(f"{images} of {dataset.name} {args.split} in {seconds:.1f} s ({describe_protocol(segmenter)})")
+            if args.show_dir:
+                print(f"wrote truth/prediction overlays to {args.show_dir}")
             if args.out:
                 info = {
                     "weights": str(args.weights),

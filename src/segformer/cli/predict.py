@@ -1,15 +1,37 @@
-"""``segformer predict INPUT... --out DIR``: label PNGs and overlays with a legend for images."""
+"""``segformer predict INPUT... --out DIR``: label PNGs and overlays with a legend for images.
+
+Bulk runs: under ``torchrun --nproc_per_node N`` rank r predicts the inputs r, r + N, r + 2N … of the
+expanded input list (its order depends only on the arguments), on GPU ``LOCAL_RANK`` when the device is CUDA.
+Every file is written atomically (temporary file, then rename), so an output that exists is complete, and
+``--skip-existing`` makes a killed run resume where it stopped. The manifest (``--manifest``, default
+``OUT/manifest.jsonl``) has one JSON line per input in input order: the input, its label map and overlay
+(relative to OUT), its size and the pixels of each class present, or the error that stopped it. Ranks send
+their lines to rank 0, which writes the whole file atomically at the end; the lines of skipped inputs are
+rebuilt from their label maps, so a resumed run writes the same manifest as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segformer.cli.common import (
+    add_device_argument,
+    add_quiet_argument,
+    add_threads_argument,
+    apply_threads,
+    describe_protocol,
+    plural,
+)
+
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
 DEFAULT_WEIGHTS = "nvidia/segformer-b0-finetuned-ade-512-512"
 # SegFormer's ADE20K multi-scale test ratios, used by --aug.
@@ -43,11 +65,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--aug", action="store_true", help=f"multi-scale ({', '.join(map(str, AUG_RATIOS))}) + flip")
     parser.add_argument("--batch-size", type=int, default=1, help="images per step; equal sizes share a forward pass")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    add_device_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in 0..1 (default: 0.5)")
     parser.add_argument(
         "--overlay-format", choices=["png", "jpg"], default="png", help="overlay file type (default: png)"
     )
+    parser.add_argument(
+        "--skip-existing", action="store_true", help="skip inputs whose outputs exist (resume a stopped run)"
+    )
+    parser.add_argument("--manifest", help="JSON-lines file, one line per input (default: OUT/manifest.jsonl)")
+    add_quiet_argument(parser)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -91,28 +119,42 @@ def model_palette(class_names: list[str]) -> np.ndarray:
     return default_palette(len(class_names))
 
 
-def run(args: argparse.Namespace) -> int:
+def manifest_entry(file: Path, outputs: tuple[Path, Path], label: np.ndarray, names: list[str], out: Path) -> dict:
+    """The manifest line of one input: paths, size and pixels per class present (ignored pixels left out)."""
+    import numpy as np
+
+    from segformer.constants import IGNORE_INDEX
+
+    ids, counts = np.unique(label, return_counts=True)
+    pixels = {names[i]: int(c) for i, c in zip(ids.tolist(), counts.tolist(), strict=True) if i != IGNORE_INDEX}
+    height, width = label.shape
+    label_path, overlay_path = (str(path.relative_to(out)) for path in outputs)
+    return {
+        "input": str(file),
+        "label": label_path,
+        "overlay": overlay_path,
+        "height": height,
+        "width": width,
+        "class_pixels": pixels,
+    }
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes, from torchrun's environment (0, 1 without it)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_segmenter(args: argparse.Namespace, device: torch.device):
+    """The model from ``--weights`` on ``device`` (GPU ``LOCAL_RANK`` under torchrun) and its Segmenter."""
     import torch
-    from PIL import Image
-    from tqdm import tqdm
 
     from segformer import from_pretrained
-    from segformer.data import read_image
     from segformer.inference import Segmenter
-    from segformer.visualize import overlay, save_label_png
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    if Image.MAX_IMAGE_PIXELS is not None:
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS)
-    files = expand_inputs(args.inputs)
-    if not files:
-        raise FileNotFoundError(f"no images found in {' '.join(args.inputs)}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and rank_and_world()[1] > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     model = from_pretrained(args.weights, map_location=device)
-    segmenter = Segmenter(
+    return Segmenter(
         model,
         mode=args.mode,
         scale=args.scale,
@@ -121,29 +163,111 @@ def run(args: argparse.Namespace) -> int:
         aug_ratios=AUG_RATIOS if args.aug else None,
         flip=args.aug,
     )
-    names, palette = model.class_names, model_palette(model.class_names)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
-    failed = 0
-    jobs = list(zip(files, output_stems(files), strict=True))
-    bar = tqdm(total=len(jobs), unit="image", desc="predict", disable=len(jobs) < 2)
+
+def predict_jobs(segmenter, jobs: list[tuple[int, Path, tuple[Path, Path]]], args: argparse.Namespace, out: Path):
+    """Predict and write the outputs of ``jobs`` (index, input, (label, overlay)); return manifest lines, failures."""
+    from segformer.data import read_image
+    from segformer.progress import progress_bar
+    from segformer.visualize import overlay, save_image, save_label_png
+
+    names = segmenter.model.class_names
+    palette = model_palette(names)
+    entries, failed = [], 0
+    bar = progress_bar(total=len(jobs), desc="predict", unit="image", quiet=args.quiet, disable=len(jobs) < 2)
     for start in range(0, len(jobs), args.batch_size):
         batch = []
-        for file, stem in jobs[start : start + args.batch_size]:
+        for index, file, outputs in jobs[start : start + args.batch_size]:
             try:
-                batch.append((read_image(file), stem))
+                batch.append((index, file, outputs, read_image(file)))
             except (OSError, ValueError) as e:
                 failed += 1
-                tqdm.write(f"segformer predict: error: {e}", file=sys.stderr)
+                entries.append((index, {"input": str(file), "error": str(e)}))
+                bar.write(f"segformer predict: error: {e}", file=sys.stderr)
                 bar.update()
-        labels = segmenter.predict_batch([image for image, _ in batch])
-        for (image, stem), label in zip(batch, labels, strict=True):
-            save_label_png(label, out / f"{stem}_label.png", palette)
-            overlay(image, label, palette, names, alpha=args.alpha).save(out / f"{stem}_overlay.{args.overlay_format}")
+        labels = segmenter.predict_batch([image for *_, image in batch])
+        for (index, file, outputs, image), label in zip(batch, labels, strict=True):
+            save_label_png(label, outputs[0], palette)
+            save_image(overlay(image, label, palette, names, alpha=args.alpha), outputs[1])
+            entries.append((index, manifest_entry(file, outputs, label, names, out)))
             bar.update()
     bar.close()
-    print(f"wrote {len(jobs) - failed} label maps and overlays to {out} ({segmenter})")
-    if failed:
-        print(f"segformer predict: {failed} of {len(jobs)} images could not be read", file=sys.stderr)
+    return entries, failed
+
+
+def existing_entries(jobs: list[tuple[int, Path, tuple[Path, Path]]], names: list[str], out: Path) -> list:
+    """Manifest lines of inputs whose outputs exist, rebuilt from their label maps."""
+    import numpy as np
+    from PIL import Image
+
+    entries = []
+    for index, file, outputs in jobs:
+        with Image.open(outputs[0]) as png:
+            entries.append((index, manifest_entry(file, outputs, np.array(png), names, out)))
+    return entries
+
+
+def gather(entries: list, counts: list[int], world: int) -> tuple[list, list[int]]:
+    """All ranks' manifest lines (on rank 0) and summed counts; a barrier under torchrun."""
+    if world == 1:
+        return entries, counts
+    import torch
+    import torch.distributed as dist
+
+    gathered = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(entries, gathered, dst=0)
+    total = torch.tensor(counts, dtype=torch.int64)
+    dist.all_reduce(total)
+    return [entry for part in gathered or [] for entry in part], total.tolist()
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+    from PIL import Image
+
+    from segformer.device import resolve_device
+    from segformer.fileio import atomic_write
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    out = Path(args.out)
+    manifest = Path(args.manifest) if args.manifest else out / "manifest.jsonl"
+    for path, flag, kind in ((out, "--out", "a folder"), (manifest, "--manifest", "a file")):
+        if path.exists() and path.is_dir() != (flag == "--out"):
+            raise FileExistsError(f"{flag} {path}: exists and is not {kind}")
+    device = resolve_device(args.device)
+    apply_threads(args.threads)
+    if Image.MAX_IMAGE_PIXELS is not None:
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS)
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise FileNotFoundError(f"no images found in {' '.join(args.inputs)}")
+    rank, world = rank_and_world()
+    outputs = [(out / f"{s}_label.png", out / f"{s}_overlay.{args.overlay_format}") for s in output_stems(files)]
+    mine = [(i, files[i], outputs[i]) for i in range(rank, len(files), world)]
+    exists = [args.skip_existing and all(path.is_file() for path in job[2]) for job in mine]
+    done = [job for job, skip in zip(mine, exists, strict=True) if skip]
+    todo = [job for job, skip in zip(mine, exists, strict=True) if not skip]
+    initialised = world > 1 and not dist.is_initialized()
+    if initialised:
+        dist.init_process_group("gloo")  # CPU collectives for the summary, whatever device predicts
+    try:
+        segmenter = build_segmenter(args, device)
+        out.mkdir(parents=True, exist_ok=True)
+        entries, failed = predict_jobs(segmenter, todo, args, out)
+        entries += existing_entries(done, segmenter.model.class_names, out)
+        entries, (written, skipped, failed) = gather(entries, [len(todo) - failed, len(done), failed], world)
+        if rank == 0:
+            lines = "".join(json.dumps(entry) + "\n" for _, entry in sorted(entries, key=lambda e: e[0]))
+            atomic_write(manifest, lambda tmp: Path(tmp).write_text(lines))
+            skip_note = f"; skipped {plural(skipped, 'input')} with existing outputs" if skipped else ""
+            maps = plural(written, "label map and overlay", "label maps and overlays")
+            print(f"wrote {maps} to {out} ({describe_protocol(segmenter)}){skip_note}; manifest {manifest}")
+            if failed:
+                print(f"segformer predict: {failed} of {len(files)} images could not be read", file=sys.stderr)
+    finally:
+        if initialised:
+            dist.destroy_process_group()
     return 1 if failed else 0

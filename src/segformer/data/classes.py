@@ -1,6 +1,22 @@
-"""Class names and colour palettes of the supported datasets (as in mmsegmentation 1.x)."""
+"""Class names and colour palettes of the supported datasets (as in mmsegmentation 1.x), and ``classes.txt``.
+
+A custom dataset names its classes in ``classes.txt``, class id 0 on the first class line::
+
+    # my classes            <- comments: "#" to the end of the line, whole-line or trailing
+    background 0 0 0
+    traffic light 250 170 30   # a name may have several words
+    road 128 64 128
+
+* one class per line: ``name`` or ``name r g b`` with three integers 0-255;
+* a name is one or more words, none of them a plain integer (write ``route-66``, not ``route 66``), so
+  that a colour is never mistaken for part of a name: ``square 60 180 75 9`` is an error;
+* colours on every class line or on none; no name twice; blank lines and ``#`` comments are skipped.
+"""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import numpy as np
 
@@ -113,3 +129,65 @@ def default_palette(num_classes: int) -> np.ndarray:
         for channel in range(3):
             palette[:, channel] |= ((index >> (3 * bit + channel)) & 1) << (7 - bit)
     return palette.astype(np.uint8)
+
+
+CLASSES_FORMAT = "expected one class per line: 'name' or 'name r g b' (three integers 0-255), '#' starts a comment"
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _parse_class_line(words: list[str], where: str) -> tuple[str, tuple[int, int, int] | None]:
+    """(name, colour or None) of one class line split into words; ValueError naming ``where`` otherwise."""
+    numbers = 0
+    while numbers < len(words) and _INTEGER.fullmatch(words[len(words) - 1 - numbers]):
+        numbers += 1
+    name_words = words[: len(words) - numbers]
+    if not name_words:
+        raise ValueError(f"{where}: no class name before the numbers; {CLASSES_FORMAT}")
+    inner = [w for w in name_words if _INTEGER.fullmatch(w)]
+    if inner:
+        raise ValueError(f"{where}: class name words may not be plain numbers ({inner[0]!r}); {CLASSES_FORMAT}")
+    if numbers not in (0, 3):
+        raise ValueError(f"{where}: {numbers} numbers after the name {' '.join(name_words)!r}; {CLASSES_FORMAT}")
+    colour = tuple(int(w) for w in words[len(words) - numbers :])
+    if any(not 0 <= c <= 255 for c in colour):
+        raise ValueError(f"{where}: colour {' '.join(words[-3:])} outside 0-255; {CLASSES_FORMAT}")
+    return " ".join(name_words), (colour or None)
+
+
+def read_classes_file(path: str | Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...] | None]:
+    """Parse a ``classes.txt`` (format in this module's docstring).
+
+    Returns:
+        The class names, and their colours when the lines give them (None when none does).
+
+    Raises:
+        ValueError: naming the file and line number of the first malformed line, duplicate name or colour
+            given on some lines only; or when the file holds no class.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); {CLASSES_FORMAT}") from None
+    names: dict[str, int] = {}
+    colours: list[tuple[int, tuple[int, int, int] | None]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        where = f"{path}:{number}"
+        name, colour = _parse_class_line(words, where)
+        if name in names:
+            raise ValueError(f"{where}: class {name!r} already named on line {names[name]}")
+        names[name] = number
+        if colours and (colour is None) != (colours[0][1] is None):
+            with_colour, without = (number, colours[0][0]) if colour is not None else (colours[0][0], number)
+            raise ValueError(
+                f"{where}: line {with_colour} gives a colour but line {without} does not; give r g b on every "
+                "line or on none"
+            )
+        colours.append((number, colour))
+    if not names:
+        raise ValueError(f"{path}: no class names; {CLASSES_FORMAT}")
+    palette = tuple(colour for _, colour in colours)
+    return tuple(names), (None if palette[0] is None else palette)

@@ -28,6 +28,7 @@ from segformer.data.classes import (
     COCO_STUFF_ID_TO_TRAIN_ID,
     VOC_CLASSES,
     default_palette,
+    read_classes_file,
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -374,32 +375,6 @@ def _coco_stuff(root: Path, split: str) -> tuple[list[tuple[Path, Path]], Datase
     suffix = "_labelTrainIds.png" if train_ids else ".png"
     samples = _pair(_files(images, "*.jpg"), lambda image: masks / f"{image.stem}{suffix}")
     return samples, DATASETS["coco-stuff"], None if train_ids else lookup_table(COCO_STUFF_ID_TO_TRAIN_ID)
-
-
-def read_classes_file(path: Path) -> tuple[tuple[str, ...], Palette | None]:
-    """Parse ``classes.txt``: one class name per line, optionally followed by three ints ``r g b``.
-
-    Returns:
-        The names, and the palette when every line gives a colour (None when none does).
-    """
-    names, colours = [], []
-    for line in path.read_text().splitlines():
-        words = line.split()
-        if not words:
-            continue
-        tail = words[-3:]
-        if len(words) > 3 and all(w.isdigit() and int(w) <= 255 for w in tail):
-            names.append(" ".join(words[:-3]))
-            colours.append(tuple(int(w) for w in tail))
-        else:
-            names.append(" ".join(words))
-            colours.append(None)
-    if not names:
-        raise ValueError(f"{path}: no class names; expected one name per line, optionally followed by r g b")
-    given = [c is not None for c in colours]
-    if any(given) and not all(given):
-        raise ValueError(f"{path}: give a colour (r g b, 0-255) on every line or on none")
-    return tuple(names), (tuple(colours) if all(given) else None)
 
 
 def _custom(

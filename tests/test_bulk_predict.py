@@ -1,0 +1,112 @@
+"""Bulk ``segformer predict``: shards under torchrun, ``--skip-existing`` resume, the JSON-lines manifest."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segformer import create_model
+from segformer.cli import main
+from segformer.inference import Segmenter
+
+SCALE = ["--scale", "64", "32"]
+NUM_IMAGES = 7
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    create_model("b0", num_classes=3, class_names=["sky", "road", "tree"]).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(NUM_IMAGES):
+        size = (36 + 3 * i, 50 - 2 * i, 3)
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(images, weights, tmp_path_factory) -> Path:
+    """Outputs of one uninterrupted process."""
+    out = tmp_path_factory.mktemp("single")
+    assert main(["predict", str(images), "--weights", str(weights), "--out", str(out), *SCALE, "--quiet"]) == 0
+    return out
+
+
+def same_files(a: Path, b: Path) -> None:
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    for path in a.iterdir():
+        assert path.read_bytes() == (b / path.name).read_bytes(), path.name
+
+
+def test_manifest_lists_every_input_with_its_class_areas(reference, images):
+    lines = [json.loads(line) for line in (reference / "manifest.jsonl").read_text().splitlines()]
+    assert [Path(line["input"]).name for line in lines] == [f"img{i}.png" for i in range(NUM_IMAGES)]
+    for i, line in enumerate(lines):
+        assert (line["label"], line["overlay"]) == (f"img{i}_label.png", f"img{i}_overlay.png")
+        label = np.array(Image.open(reference / line["label"]))
+        assert (line["height"], line["width"]) == (36 + 3 * i, 50 - 2 * i) == label.shape
+        areas = {name: int((label == k).sum()) for k, name in enumerate(["sky", "road", "tree"])}
+        assert line["class_pixels"] == {name: area for name, area in areas.items() if area}
+        assert sum(line["class_pixels"].values()) == line["height"] * line["width"]
+
+
+def test_two_torchrun_processes_write_the_same_files_as_one(images, weights, reference, tmp_path):
+    out = tmp_path / "out"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = launcher + ["-m", "segformer.cli", "predict", str(images), "--weights", str(weights), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd + SCALE, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    same_files(reference, out)
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    assert len(summaries) == 1 and summaries[0].startswith(f"wrote {NUM_IMAGES} label maps and overlays")
+
+
+def test_rank_takes_every_nth_input(images, weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: None)
+    monkeypatch.setattr("segformer.cli.predict.gather", lambda entries, counts, world: (entries, counts))
+    assert main(["predict", str(images), "--weights", str(weights), "--out", str(tmp_path), *SCALE, "--quiet"]) == 0
+    written = sorted(p.name for p in tmp_path.glob("*_label.png"))
+    assert written == ["img1_label.png", "img4_label.png"]  # inputs 1, 1 + 3, (7 is past the end)
+
+
+def test_killed_run_resumes_with_skip_existing(images, weights, reference, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = ["predict", str(images), "--weights", str(weights), "--out", str(out), *SCALE, "--quiet"]
+    real_predict, calls = Segmenter.predict_batch, []
+
+    def killed_after_three(self, batch):
+        calls.append(len(batch))
+        if len(calls) > 3:
+            raise KeyboardInterrupt  # Ctrl-C, or a kill, after three images
+        return real_predict(self, batch)
+
+    monkeypatch.setattr(Segmenter, "predict_batch", killed_after_three)
+    assert main(argv) == 130
+    assert len(list(out.glob("*_label.png"))) == 3 and not (out / "manifest.jsonl").exists()
+    calls.clear()
+    monkeypatch.setattr(
+        Segmenter, "predict_batch", lambda self, batch: calls.append(len(batch)) or real_predict(self, batch)
+    )
+    capsys.readouterr()
+    assert main(argv + ["--skip-existing"]) == 0
+    assert len(calls) == NUM_IMAGES - 3  # only the missing ones were predicted
+    assert "skipped 3 inputs with existing outputs" in capsys.readouterr().out
+    same_files(reference, out)  # label maps, overlays and manifest byte-identical to an uninterrupted run
