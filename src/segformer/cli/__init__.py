@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "segment images: label PNGs and overlays with a legend"),
     "eval": ("eval", "mIoU of a model on a dataset split (torchrun for several processes)"),
     "train": ("train", "train with a recipe (paper settings packaged), resumable, torchrun for several GPUs"),
+    "serve": ("serve", "HTTP API and web page for segmentation (batched; ONNX Runtime on CPU)"),
     "demo": ("demo", "train a B0 from scratch on synthetic shapes, offline, in minutes on a CPU"),
 }
 
