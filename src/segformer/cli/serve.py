@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     weights = args.weights if onnx_file else resolve_source(source)[0]
     engine = build_engine(engine_name, model, weights)
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
-    app = create_app(Predictor(model, engine), limits, args.max_batch, args.batch_window_ms / 1000, args.queue)
-    print(f"serving SegFormer-{model.config['variant']} ({engine_name}) on http://{args.host}:{args.port}")
+    predictor = Predictor(model, engine)
+    app = create_app(predictor, limits, args.max_batch, args.batch_window_ms / 1000, args.queue)
+    print(f"serving SegFormer-{predictor.metadata['variant']} ({engine_name}) on http://{args.host}:{args.port}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
     return 0

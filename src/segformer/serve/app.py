@@ -150,12 +150,13 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
 
 
 def create_app(
-    predictor: Predictor, limits: Limits = Limits(), max_batch: int = 8, window: float = 0.005, queue_size: int = 64
+    predictor: Predictor, limits: Limits | None = None, max_batch: int = 8, window: float = 0.005, queue_size: int = 64
 ) -> Starlette:
     """The Starlette app serving ``predictor`` (batches of at most ``max_batch`` collected for ``window`` seconds).
 
     Requests beyond ``queue_size`` waiting ones are refused with 503 and ``Retry-After``.
     """
+    limits = limits or Limits()
     batcher = Batcher(predictor, max_batch, window, queue_size)
     metadata = predictor.metadata
     default_mode = predictor.segmenters[None].mode
