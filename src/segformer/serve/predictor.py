@@ -52,9 +52,12 @@ def model_metadata(model: nn.Module) -> dict:
     }
 
 
-def make_segmenter(model: nn.Module, mode: str | None, engine: Engine | None) -> Segmenter:
-    """A Segmenter of ``model`` testing in ``mode`` (None: the weights' own), running ``engine`` when given."""
-    segmenter = Segmenter(model, **({"mode": mode} if mode else {}))
+def make_segmenter(model: nn.Module, mode: str | None, engine: Engine | None, **overrides) -> Segmenter:
+    """A Segmenter of ``model`` testing in ``mode`` (None: the weights' own), running ``engine`` when given.
+
+    ``overrides`` replace other test settings (``scale``, ``crop``, ``stride``).
+    """
+    segmenter = Segmenter(model, **({"mode": mode} if mode else {}), **overrides)
     if engine is not None:  # the Segmenter calls self.model(x) on the normalised batch
         segmenter.model = engine
     return segmenter
@@ -119,12 +122,13 @@ class Predictor:
     Args:
         model: the SegFormer.
         engine: an engine from ``segformer.engines.build_engine``, or None for the PyTorch model.
+        overrides: test settings replacing the weights' own (``scale``, ``crop``, ``stride``).
     """
 
-    def __init__(self, model: nn.Module, engine: Engine | None = None) -> None:
+    def __init__(self, model: nn.Module, engine: Engine | None = None, **overrides) -> None:
         self.metadata = model_metadata(model)
         self.engine = engine
-        self.segmenters = {mode: make_segmenter(model, mode, engine) for mode in (None, *MODES)}
+        self.segmenters = {mode: make_segmenter(model, mode, engine, **overrides) for mode in (None, *MODES)}
 
     def __call__(self, jobs: list[Job]) -> list[Outcome]:
         start = time.perf_counter()
