@@ -316,13 +316,15 @@ def test_shutdown_with_requests_in_flight_answers_or_refuses_each(model):
     assert sum(not isinstance(a, Exception) and a.status_code == 200 for a in answers) >= 1
 
 
-def test_cli_serve_with_onnxruntime_engine(weights, model, tmp_path):
-    """``segformer serve`` in its own process: ONNX Runtime on the CPU by default, stops on SIGTERM."""
+@contextlib.contextmanager
+def cli_server(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``segformer serve ARGS`` in its own process on a free port; yield its URL once /health answers."""
     port = free_port()
     command = "import sys; from segformer.cli import main; sys.exit(main(sys.argv[1:]))"
-    args = ["serve", "--weights", weights, "--port", str(port), "--max-pixels", "1000000"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEGFORMER_CACHE": str(tmp_path)}
-    process = subprocess.Popen([sys.executable, "-c", command, *args], env=env, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", command, "serve", *args, "--port", str(port)], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
         while True:
@@ -331,13 +333,23 @@ def test_cli_serve_with_onnxruntime_engine(weights, model, tmp_path):
                 if httpx.get(f"{url}/health").status_code == 200:
                     break
             time.sleep(0.2)
-        assert httpx.get(f"{url}/v1/model").json()["engine"].startswith("OnnxRuntimeEngine(model.")
-        image = photo(120, 160, seed=40)  # tested at the weights' default scale (2048, 512)
-        answer = httpx.post(f"{url}/v1/segment", content=encode(image), timeout=60)
-        agree = (labels_of(answer.content) == Segmenter(model).predict(image)).mean()
-        assert agree >= 0.999
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once stopped
-        assert f"on http://127.0.0.1:{port}" in process.stdout.read()
+        yield url, process
     finally:
         process.kill()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then a clean exit (uvicorn re-raises the signal once it has stopped)."""
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_cli_serve(weights, model):
+    """``segformer serve`` in its own process answers and stops on SIGTERM (ONNX Runtime: test_engines.py)."""
+    with cli_server("--weights", weights, "--max-pixels", "1000000", "--engine", "torch") as (url, process):
+        assert httpx.get(f"{url}/v1/model").json()["engine"] == "torch"
+        image = photo(120, 160, seed=40)  # tested at the weights' default scale (2048, 512)
+        answer = httpx.post(f"{url}/v1/segment", content=encode(image), timeout=60)
+        np.testing.assert_array_equal(labels_of(answer.content), Segmenter(model).predict(image))
+        stop(process)
+        assert f"on {url}" in process.stdout.read()
