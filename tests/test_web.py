@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import sync_playwright
-from test_engines import briefly_trained
-from test_serve import labels_of, serving
 
 from segformer.data import SyntheticDataset
 from segformer.serve.app import create_app
 from segformer.serve.predictor import Predictor
+from test_engines import briefly_trained
+from test_serve import labels_of, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

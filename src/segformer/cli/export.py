@@ -41,9 +41,8 @@ def check_onnx_tools(quantize: bool) -> None:
         if quantize:
             import onnxruntime  # noqa: F401
     except ImportError as e:
-        raise ValueError(
-            f"ONNX export needs onnx, onnxscript and onnxruntime ({e}): pip install 'segformer[export]'"
-        ) from None
+        needs = "onnx, onnxscript and onnxruntime" if quantize else "onnx and onnxscript"
+        raise ValueError(f"ONNX export needs {needs} ({e}): pip install 'segformer[export]'") from None
 
 
 def check_arguments(args: argparse.Namespace) -> None:
