@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 
 import numpy as np
 import onnx
@@ -70,3 +71,15 @@ def test_export_refuses_sizes_below_the_minimum(tmp_path):
         export_onnx(model, tmp_path / "m.onnx", 40, 96)
     with pytest.raises(ValueError, match="opset 13 is too old"):
         export_onnx(model, tmp_path / "m.onnx", opset=13)
+
+
+def test_export_without_onnx_prints_only_the_install_hint(tmp_path, monkeypatch, capsys):
+    model = segformer.create_model("b0", num_classes=3)
+    model.save_pretrained(tmp_path / "w")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import fails as when the package is absent
+    status = cli_main(["export", "--weights", str(tmp_path / "w"), str(tmp_path / "m.onnx")])
+    captured = capsys.readouterr()
+    assert status == 1 and captured.out == ""
+    assert captured.err.startswith("segformer export: error: ONNX export needs onnx and onnxscript (")
+    assert captured.err.rstrip().endswith("pip install 'segformer[export]'") and captured.err.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,175 @@
+"""Inference engines: callables from a normalised B×3×H×W float batch to B×K×h×w logits.
+
+``Segmenter`` runs ``model(x)`` by default; an engine replaces that call. ``OnnxRuntimeEngine`` runs
+an ONNX file (fp32, or int8 from ``quantize_int8``) with ONNX Runtime on the CPU. ``cached_onnx``
+exports a model once with ``segformer.export.export_onnx`` and keeps the file next to its weights
+(or in a cache folder when that folder is read-only or the hub's), keyed by a hash of the weights
+file, so changed weights are exported again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segformer.constants import IMAGE_MEAN, IMAGE_STD
+from segformer.export import export_onnx
+from segformer.fileio import atomic_write
+from segformer.model import SegFormer
+
+ENGINES = ("torch", "onnxruntime")
+Engine = Callable[[torch.Tensor], torch.Tensor]
+# Example size of the cached export's trace (any size runs afterwards).
+TRACE_SIZE = 128
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401  (optional dependency)
+    except ImportError:
+        return False
+    return True
+
+
+def default_engine(device: torch.device) -> str:
+    """ "onnxruntime" on the CPU when it is installed, "torch" otherwise."""
+    return "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
+
+
+def weights_hash(path: str | Path) -> str:
+    """First 16 hex digits of the SHA-256 of a weights file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def cache_folder(weights: Path) -> Path:
+    """Where the ONNX export of ``weights`` is kept: next to it if that folder is ours and writable."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        HF_HUB_CACHE = None  # noqa: N806
+    folder = weights.resolve().parent
+    in_hub = HF_HUB_CACHE is not None and folder.is_relative_to(Path(HF_HUB_CACHE).resolve())
+    if not in_hub and os.access(folder, os.W_OK):
+        return folder
+    base = os.environ.get("SEGFORMER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(base) / "segformer" / "onnx"
+
+
+def cached_onnx(model: SegFormer, weights: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The ONNX export of ``model`` (loaded from the file ``weights``), exported on first use.
+
+    The file is ``<weights stem>.<hash>.onnx`` in ``cache_dir`` or ``cache_folder(weights)``, ``hash`` being
+    ``weights_hash(weights)``: a new weights file gets a new export.
+    """
+    weights = Path(weights)
+    folder = Path(cache_dir) if cache_dir is not None else cache_folder(weights)
+    path = folder / f"{weights.stem}.{weights_hash(weights)}.onnx"
+    if not path.is_file():
+        atomic_write(path, lambda tmp: export_onnx(model.cpu(), tmp, TRACE_SIZE, TRACE_SIZE))
+    return path
+
+
+class OnnxRuntimeEngine:
+    """Runs an ONNX SegFormer (input ``pixel_values``, output ``logits``) with ONNX Runtime on the CPU.
+
+    Args:
+        path: the ``.onnx`` file, fp32 or int8.
+        threads: intra-op threads; default ``torch.get_num_threads()``.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime  # optional dependency: imported only when an engine is built
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(["logits"], {"pixel_values": x.detach().float().cpu().numpy()})
+        return torch.from_numpy(logits).to(x.device)
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeEngine({self.path.name})"
+
+
+def build_engine(
+    name: str, model: SegFormer, weights: str | Path | None, cache_dir: str | Path | None = None
+) -> Engine | None:
+    """The engine called ``name`` for ``model``: None for "torch" (the model itself), else ONNX Runtime.
+
+    ``weights`` is the model's weights file, or an ``.onnx`` file to run as it is.
+    """
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}: expected one of {', '.join(ENGINES)}")
+    if name == "torch":
+        return None
+    if not onnxruntime_available():
+        raise ValueError("engine 'onnxruntime' needs onnxruntime: pip install 'segformer[export]'")
+    if weights is None:
+        raise ValueError("engine 'onnxruntime' needs the weights file to export (or an .onnx file)")
+    path = Path(weights) if str(weights).endswith(".onnx") else cached_onnx(model, weights, cache_dir)
+    return OnnxRuntimeEngine(path)
+
+
+def normalise(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """1×3×H×W float32 input of an H×W×3 uint8 RGB image resized (bilinear) to ``size`` (h, w)."""
+    import cv2  # listed dependency; imported here so that importing engines stays light
+
+    resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    x = (resized - np.float32(IMAGE_MEAN)) / np.float32(IMAGE_STD)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.ndarray], size: tuple[int, int]) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights) of an fp32 ONNX model, calibrated on ``images``.
+
+    Convolutions and matrix products are quantised (their weights per output channel); normalisations,
+    softmax and resizes stay in float.
+
+    Args:
+        source: the fp32 ``.onnx`` file.
+        target: the int8 ``.onnx`` file to write.
+        images: H×W×3 uint8 RGB calibration images (a few dozen real images of the dataset).
+        size: (h, w) the images are resized to: the model's test size.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = ({"pixel_values": normalise(image, size)} for image in images)
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    def write(tmp: str) -> None:
+        quantize_static(
+            str(source),
+            tmp,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            op_types_to_quantize=["Conv", "MatMul"],  # LayerNorm, Softmax, Resize stay float: 1-2 points better
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs one warning per tensor to the root logger
+    try:
+        atomic_write(target, write)
+    finally:
+        root.setLevel(level)
+    return Path(target)

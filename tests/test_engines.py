@@ -1,0 +1,164 @@
+"""ONNX Runtime engine: logits and labels match PyTorch, the export cache follows the weights, int8 stays close."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+import segformer
+import segformer.engines as engines
+from segformer.cli import main as cli_main
+from segformer.data import SYNTHETIC_CLASSES, SyntheticDataset, build_dataset, write_synthetic
+from segformer.engines import OnnxRuntimeEngine, build_engine, cache_folder, cached_onnx, weights_hash
+from segformer.inference import Segmenter
+from segformer.serve.predictor import make_segmenter
+from test_serve import cli_server, encode, labels_of, stop
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),  # raised inside torch.export
+]
+SIZE = 64  # synthetic scenes, trace and calibration size
+
+
+def briefly_trained(steps: int = 60) -> segformer.SegFormer:
+    """A B0 trained for a few Adam steps on synthetic shapes: confident, structured logits (random weights give
+    near-tied logits whose argmax flips under any rounding, which says nothing about quantisation)."""
+    torch.manual_seed(0)
+    model = segformer.create_model("b0", num_classes=len(SYNTHETIC_CLASSES), class_names=list(SYNTHETIC_CLASSES))
+    data = SyntheticDataset(num=32, size=(SIZE, SIZE), split="train", seed=1)
+    images = torch.stack([torch.from_numpy(data[i][0]) for i in range(len(data))]).permute(0, 3, 1, 2).float()
+    masks = torch.stack([torch.from_numpy(data[i][1]) for i in range(len(data))]).long()
+    x = (images - torch.tensor(segformer.constants.IMAGE_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        segformer.constants.IMAGE_STD
+    ).view(1, 3, 1, 1)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for step in range(steps):
+        batch = slice((step * 8) % 32, (step * 8) % 32 + 8)
+        logits = F.interpolate(model(x[batch]), (SIZE, SIZE), mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, masks[batch], ignore_index=255)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """The trained model saved, then ``segformer export --quantize int8`` calibrated on synthetic custom data."""
+    folder = tmp_path_factory.mktemp("engines")
+    model = briefly_trained()
+    model.save_pretrained(folder / "weights")
+    root = write_synthetic(folder / "data", num_train=16, num_val=8, size=(SIZE, SIZE), seed=3)
+    out = io.StringIO()
+    command = ["export", "--weights", str(folder / "weights"), str(folder / "model.onnx"), "--height", "64"]
+    command += ["--width", "64", "--quantize", "int8", "--calibrate", "custom", "--data-root", str(root)]
+    with contextlib.redirect_stdout(out):
+        status = cli_main([*command, "--calibration-images", "16"])
+    assert status == 0, out.getvalue()
+    return {"model": model, "folder": folder, "root": root, "out": out.getvalue()}
+
+
+def val_images(root: Path) -> list[np.ndarray]:
+    dataset = build_dataset("custom", root, "val")
+    return [dataset.load(i)[0] for i in range(len(dataset))]
+
+
+def test_onnxruntime_engine_matches_pytorch(exported):
+    model, folder = exported["model"], exported["folder"]
+    engine = OnnxRuntimeEngine(folder / "model.onnx")
+    assert engine.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
+    for batch, height, width in [(1, 64, 64), (3, 97, 130)]:
+        x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height))
+        with torch.inference_mode():
+            want = model(x)
+        got = engine(x)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert (got - want).abs().max() <= 1e-4
+    images = val_images(exported["root"])
+    torch_labels = Segmenter(model, scale=None).predict_batch(images)
+    ort_labels = make_segmenter(model, None, engine, scale=None).predict_batch(images)
+    agree = np.mean([(a == b).mean() for a, b in zip(torch_labels, ort_labels, strict=True)])
+    assert agree >= 0.999
+
+
+def test_int8_model_agrees_with_fp32(exported):
+    folder = exported["folder"]
+    assert f"wrote {folder / 'model.int8.onnx'} (int8 QDQ, calibrated on 16 custom train images)" in exported["out"]
+    fp32, int8 = OnnxRuntimeEngine(folder / "model.onnx"), OnnxRuntimeEngine(folder / "model.int8.onnx")
+    model = exported["model"]
+    ops = {node.op_type for node in onnx.load(folder / "model.int8.onnx").graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    images = val_images(exported["root"])
+    want = make_segmenter(model, None, fp32, scale=None).predict_batch(images)
+    got = make_segmenter(model, None, int8, scale=None).predict_batch(images)
+    agree = np.mean([(a == b).mean() for a, b in zip(want, got, strict=True)])
+    assert agree >= 0.98, agree
+
+
+def test_export_cache_is_reused_and_rebuilt_when_the_weights_change(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_export(model, path, height, width):  # the real export is covered above; here only the cache logic
+        calls.append(path)
+        Path(path).write_bytes(b"onnx of " + str(len(calls)).encode())
+
+    monkeypatch.setattr(engines, "export_onnx", fake_export)
+    model = segformer.create_model("b0", num_classes=3)
+    model.save_pretrained(tmp_path / "w")
+    weights = tmp_path / "w" / "model.safetensors"
+    first = cached_onnx(model, weights)
+    assert first == tmp_path / "w" / f"model.{weights_hash(weights)}.onnx" and first.read_bytes() == b"onnx of 1"
+    assert cached_onnx(model, weights) == first and len(calls) == 1
+    torch.manual_seed(1)
+    segformer.create_model("b0", num_classes=3).save_pretrained(tmp_path / "w")
+    second = cached_onnx(model, weights)
+    assert second != first and second.read_bytes() == b"onnx of 2" and len(calls) == 2
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "w").iterdir())
+
+
+def test_cache_folder_for_hub_weights(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    (hub / "models--x" / "snapshots" / "abc").mkdir(parents=True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("SEGFORMER_CACHE", str(tmp_path / "cache"))
+    assert (
+        cache_folder(hub / "models--x" / "snapshots" / "abc" / "model.safetensors") == tmp_path / "cache/segformer/onnx"
+    )
+    (tmp_path / "mine").mkdir()
+    assert cache_folder(tmp_path / "mine" / "model.safetensors") == tmp_path / "mine"
+
+
+def test_build_engine_finds_the_cached_export(exported):
+    model, folder = exported["model"], exported["folder"]
+    weights = folder / "weights" / "model.safetensors"
+    shutil.copy(folder / "model.onnx", folder / "weights" / f"model.{weights_hash(weights)}.onnx")
+    engine = build_engine("onnxruntime", model, weights)
+    assert isinstance(engine, OnnxRuntimeEngine) and engine.path.parent == folder / "weights"
+    assert build_engine("torch", model, weights) is None
+    with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
+        build_engine("tensorrt", model, weights)
+    assert engines.default_engine(torch.device("cpu")) == "onnxruntime"
+
+
+def test_cli_serve_runs_an_int8_onnx_file(exported):
+    """``segformer serve --weights model.int8.onnx --model DIR``: the int8 engine behind the HTTP API."""
+    folder = exported["folder"]
+    args = ("--weights", str(folder / "model.int8.onnx"), "--model", str(folder / "weights"))
+    with cli_server(*args) as (url, process):
+        assert httpx.get(f"{url}/v1/model").json()["engine"] == "OnnxRuntimeEngine(model.int8.onnx)"
+        image = val_images(exported["root"])[0]
+        answer = httpx.post(f"{url}/v1/segment", content=encode(image), timeout=60)
+        int8 = make_segmenter(exported["model"], None, OnnxRuntimeEngine(folder / "model.int8.onnx"))
+        np.testing.assert_array_equal(labels_of(answer.content), int8.predict(image))
+        stop(process)

@@ -1,0 +1,355 @@
+"""``segformer serve``: the real server over HTTP answers as ``Segmenter.predict``, refuses bad input and stays up."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import torch
+import uvicorn
+from PIL import Image
+
+import segformer
+from segformer.inference import Segmenter
+from segformer.serve.app import create_app
+from segformer.serve.predictor import Limits, Predictor
+from segformer.visualize import overlay
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NAMES = ["sky", "road", "tree", "car"]
+LIMITS = Limits(max_bytes=300_000, max_pixels=160 * 160)
+# Images tested at their own size; small slide windows so that mode=slide tiles them.
+TEST_SETTINGS = {"scale": None, "crop": (64, 64), "stride": (48, 48)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Run ``app`` with uvicorn in a thread on a free loopback port; yield its URL and the server."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+def encode(image: np.ndarray | Image.Image, format: str = "PNG", **options) -> bytes:
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buffer = io.BytesIO()
+    picture.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def photo(height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth random picture (so JPEG round trips stay close and the labels form regions)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    return np.array(Image.fromarray(small).resize((width, height), Image.BILINEAR))
+
+
+def labels_of(png: bytes) -> np.ndarray:
+    picture = Image.open(io.BytesIO(png))
+    assert picture.mode == "P"
+    return np.array(picture)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    """A random B0 with 4 named classes and non-trivial BatchNorm statistics, saved with save_pretrained."""
+    torch.manual_seed(0)
+    model = segformer.create_model("b0", num_classes=len(NAMES), class_names=NAMES).eval()
+    with torch.no_grad():
+        model.decode_head.linear_fuse.bn.running_mean.normal_(0.0, 0.5)
+    folder = tmp_path_factory.mktemp("serve") / "weights"
+    segformer.save_pretrained(model, folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def model(weights):
+    return segformer.from_pretrained(weights).eval()
+
+
+@pytest.fixture(scope="module")
+def server(model) -> Iterator[tuple[str, object]]:
+    """The server on the PyTorch model with TEST_SETTINGS and small limits."""
+    app = create_app(Predictor(model, **TEST_SETTINGS), LIMITS, max_batch=8, window=0.005, queue_size=64)
+    with serving(app) as (url, _):
+        yield url, app
+
+
+def expected(model, image: np.ndarray, mode: str = "whole") -> np.ndarray:
+    return Segmenter(model, mode=mode, **TEST_SETTINGS).predict(image)
+
+
+def test_model_and_health(server, model):
+    url, _ = server
+    info = httpx.get(f"{url}/v1/model").json()
+    assert info["variant"] == "b0" and info["class_names"] == NAMES and info["num_classes"] == 4
+    assert len(info["palette"]) == 4 and all(len(c) == 3 for c in info["palette"])
+    assert info["engine"] == "torch" and info["limits"] == {"max_bytes": 300_000, "max_pixels": 160 * 160}
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    spec = httpx.get(f"{url}/openapi.json").json()
+    assert set(spec["paths"]) == {"/v1/segment", "/v1/model", "/health"}
+
+
+@pytest.mark.parametrize("upload", ["multipart", "body"])
+def test_png_and_json_answers_equal_segmenter_predict(server, model, upload):
+    url, _ = server
+    image = photo(72, 96, seed=1)
+    want = expected(model, image)
+    assert len(np.unique(want)) > 1
+    data = encode(image)
+
+    def post(query: str) -> httpx.Response:
+        if upload == "multipart":
+            return httpx.post(f"{url}/v1/segment?{query}", files={"image": ("a.png", data, "image/png")})
+        return httpx.post(f"{url}/v1/segment?{query}", content=data)
+
+    answer = post("format=png")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(labels_of(answer.content), want)
+
+    summary = post("format=json&scores=true").json()
+    ids, counts = np.unique(want, return_counts=True)
+    assert (summary["width"], summary["height"], summary["mode"]) == (96, 72, "whole")
+    assert {c["id"]: c["pixels"] for c in summary["classes"]} == dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    assert [c["name"] for c in summary["classes"]] == [NAMES[i] for i in ids[np.argsort(-counts, kind="stable")]]
+    assert sum(c["share"] for c in summary["classes"]) == pytest.approx(1.0)
+    probabilities = Segmenter(model, scale=None).predict_logits(image).softmax(0).max(0).values.numpy()
+    for entry in summary["classes"]:
+        assert entry["score"] == pytest.approx(probabilities[want == entry["id"]].mean(), abs=1e-5)
+    assert summary["timing"]["total_ms"] >= summary["timing"]["inference_ms"] > 0
+
+    picture = np.array(Image.open(io.BytesIO(post("overlay=true&alpha=0.3").content)))
+    palette = np.array(httpx.get(f"{url}/v1/model").json()["palette"], np.uint8)
+    np.testing.assert_array_equal(picture, np.array(overlay(image, want, palette, NAMES, alpha=0.3)))
+
+
+def test_slide_mode_and_other_image_formats(server, model):
+    url, _ = server
+    image = photo(100, 130, seed=2)
+    answer = httpx.post(f"{url}/v1/segment?mode=slide", content=encode(image))
+    np.testing.assert_array_equal(labels_of(answer.content), expected(model, image, "slide"))
+    # CMYK JPEG, 16-bit grayscale PNG, RGBA PNG: accepted and converted as segformer.data.read_image does
+    jpeg = encode(Image.fromarray(image).convert("CMYK"), "JPEG", quality=95)
+    gray16 = (np.arange(90 * 110, dtype=np.uint16).reshape(90, 110) * 6).astype(np.uint16)
+    rgba = np.dstack([image, np.full(image.shape[:2], 7, np.uint8)])
+    cases = [
+        (jpeg, np.array(Image.open(io.BytesIO(jpeg)).convert("RGB"))),
+        (encode(Image.fromarray(gray16)), np.repeat(np.rint(gray16 / 257.0).astype(np.uint8)[..., None], 3, 2)),
+        (encode(rgba), image),
+    ]
+    for data, decoded in cases:
+        answer = httpx.post(f"{url}/v1/segment", content=data)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_array_equal(labels_of(answer.content), expected(model, decoded))
+
+
+def _bomb() -> bytes:
+    """A 1-bit PNG of 8000×8000 pixels in a few kilobytes."""
+    return encode(Image.new("1", (8000, 8000)))
+
+
+BAD_INPUTS = {
+    "not an image": (b"hello, world" * 10, "", 415, "not an image"),
+    "empty": (b"", "", 400, "no image"),
+    "truncated": (encode(photo(120, 120, 3))[:2000], "", 400, "truncated"),
+    "truncated jpeg": (encode(photo(120, 120, 3), "JPEG")[:1500], "", 400, "truncated"),
+    "too many pixels": (encode(np.zeros((170, 160, 3), np.uint8)), "", 413, "170 = 27200 pixels is over the limit"),
+    "bomb": (_bomb(), "", 413, "8000×8000 = 64000000 pixels is over the limit of 25600"),
+    "too many bytes": (os.urandom(300_001), "", 413, "over the limit of 300000 bytes"),
+    "unsupported mode": (encode(photo(80, 80, 4)), "mode=sliding", 400, "unsupported mode='sliding'"),
+    "unsupported format": (encode(photo(80, 80, 4)), "format=gif", 400, "unsupported format='gif'"),
+    "bad flag": (encode(photo(80, 80, 4)), "overlay=maybe", 400, "overlay='maybe'"),
+    "unknown option": (encode(photo(80, 80, 4)), "colour=red", 400, "unknown query option 'colour'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_naming_the_problem_and_the_server_keeps_serving(server, model, case):
+    url, _ = server
+    data, query, status, message = BAD_INPUTS[case]
+    answer = httpx.post(f"{url}/v1/segment?{query}", content=data)
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["error"]
+    image = photo(64, 64, seed=5)
+    good = httpx.post(f"{url}/v1/segment", content=encode(image))
+    np.testing.assert_array_equal(labels_of(good.content), expected(model, image))
+
+
+def test_multipart_without_image_field_and_uploads_stay_in_memory(server, model, monkeypatch):
+    url, _ = server
+    answer = httpx.post(f"{url}/v1/segment", files={"picture": ("a.png", encode(photo(64, 64, 6)))})
+    assert answer.status_code == 400 and "file field named 'image'" in answer.json()["error"]
+    spilled = []  # Starlette spools uploads over 1 MB to a temporary file unless told otherwise
+    rollover = tempfile.SpooledTemporaryFile.rollover
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", lambda self: spilled.append(1) or rollover(self))
+    image = np.random.default_rng(7).integers(0, 256, (150, 150, 3), dtype=np.uint8)
+    big_limits = Limits(max_bytes=2_000_000, max_pixels=160 * 160)
+    data = encode(image, "BMP") + b"\0" * 1_500_000  # 1.6 MB: trailing bytes after a BMP are ignored
+    with serving(create_app(Predictor(model, scale=None), big_limits)) as (big_url, _):
+        answer = httpx.post(f"{big_url}/v1/segment", files={"image": ("a.bmp", data)})
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_array_equal(labels_of(answer.content), expected(model, image))
+    assert not spilled
+
+
+def test_32_concurrent_clients_get_every_answer_right(server, model):
+    url, app = server
+    images = [photo(64, 80, seed=10 + i) for i in range(3)] + [photo(96, 64, seed=20)]
+    uploads = [encode(image) for image in images]
+    answers = [expected(model, image) for image in images]
+    process = psutil.Process()
+
+    def client(index: int, seconds: float) -> int:
+        done, stop = 0, time.monotonic() + seconds
+        with httpx.Client(base_url=url, timeout=60) as session:
+            while time.monotonic() < stop or done == 0:
+                k = (index + done) % len(images)
+                answer = session.post("/v1/segment", content=uploads[k])
+                assert answer.status_code == 200, answer.text
+                np.testing.assert_array_equal(labels_of(answer.content), answers[k])
+                done += 1
+        return done
+
+    def burst(seconds: float) -> int:
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            return sum(pool.map(client, range(32), [seconds] * 32))
+
+    burst(1.0)  # warm up: allocator pools, thread pools
+    rss_before, batches_before = process.memory_info().rss, app.state.batcher.batches
+    requests = burst(4.0)
+    grown = (process.memory_info().rss - rss_before) / 2**20
+    batches = app.state.batcher.batches - batches_before
+    assert requests >= 32
+    assert batches < requests, "requests arriving together should share batches"
+    assert grown < 100, f"RSS grew by {grown:.0f} MiB over {requests} requests"
+
+
+class SlowEngine:
+    """An engine stub taking ``delay`` seconds per batch and predicting class 0 everywhere."""
+
+    def __init__(self, delay: float, num_classes: int) -> None:
+        self.delay, self.num_classes = delay, num_classes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay)
+        logits = torch.zeros(x.shape[0], self.num_classes, -(-x.shape[2] // 4), -(-x.shape[3] // 4))
+        logits[:, 0] = 1.0
+        return logits
+
+
+def _post_all(url: str, count: int, data: bytes) -> list[httpx.Response | Exception]:
+    def one(_: int) -> httpx.Response | Exception:
+        try:
+            return httpx.post(f"{url}/v1/segment", content=data, timeout=30)
+        except httpx.TransportError as e:
+            return e
+
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_full_queue_answers_503_with_retry_after(model):
+    app = create_app(Predictor(model, SlowEngine(0.3, 4), scale=None), LIMITS, max_batch=1, queue_size=1)
+    data = encode(photo(64, 64, seed=30))
+    with serving(app) as (url, _):
+        answers = _post_all(url, 6, data)
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses.count(503) >= 3 and statuses.count(200) >= 2, statuses
+        for answer in answers:
+            if answer.status_code == 503:
+                assert answer.headers["retry-after"] == "1"
+                assert "server busy" in answer.json()["error"]
+            else:
+                assert (labels_of(answer.content) == 0).all()
+        assert httpx.post(f"{url}/v1/segment", content=data).status_code == 200
+
+
+def test_shutdown_with_requests_in_flight_answers_or_refuses_each(model):
+    app = create_app(Predictor(model, SlowEngine(0.2, 4), scale=None), LIMITS, max_batch=1, queue_size=64)
+    data = encode(photo(64, 64, seed=31))
+    with serving(app) as (url, server):
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        pending = pool.submit(_post_all, url, 8, data)
+        while app.state.batcher.batches == 0:
+            time.sleep(0.01)
+        server.should_exit = True  # graceful: stop accepting, finish the requests in flight
+        answers = pending.result(timeout=60)
+        pool.shutdown()
+    after = _post_all(url, 1, data)[0]
+    assert isinstance(after, httpx.ConnectError), after
+    for answer in answers:
+        assert isinstance(answer, httpx.ConnectError) or answer.status_code in (200, 503), answer
+        if not isinstance(answer, Exception) and answer.status_code == 200:
+            assert (labels_of(answer.content) == 0).all()
+    assert sum(not isinstance(a, Exception) and a.status_code == 200 for a in answers) >= 1
+
+
+@contextlib.contextmanager
+def cli_server(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``segformer serve ARGS`` in its own process on a free port; yield its URL once /health answers."""
+    port = free_port()
+    command = "import sys; from segformer.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", command, "serve", *args, "--port", str(port)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "segformer serve did not start"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield url, process
+    finally:
+        process.kill()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then a clean exit (uvicorn re-raises the signal once it has stopped)."""
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_cli_serve(weights, model):
+    """``segformer serve`` in its own process answers and stops on SIGTERM (ONNX Runtime: test_engines.py)."""
+    with cli_server("--weights", weights, "--max-pixels", "1000000", "--engine", "torch") as (url, process):
+        assert httpx.get(f"{url}/v1/model").json()["engine"] == "torch"
+        image = photo(120, 160, seed=40)  # tested at the weights' default scale (2048, 512)
+        answer = httpx.post(f"{url}/v1/segment", content=encode(image), timeout=60)
+        np.testing.assert_array_equal(labels_of(answer.content), Segmenter(model).predict(image))
+        stop(process)
+        assert f"on {url}" in process.stdout.read()
