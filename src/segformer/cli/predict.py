@@ -12,8 +12,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 DEFAULT_WEIGHTS = "nvidia/segformer-b0-finetuned-ade-512-512"
-# SegFormer's ADE20K multi-scale test ratios, used by --aug.
-AUG_RATIOS = (0.75, 0.875, 1.0, 1.125, 1.25)
 # Largest image read without Pillow's decompression-bomb error (it warns above this, refuses above twice this).
 MAX_IMAGE_PIXELS = 1 << 30
 
@@ -26,22 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_WEIGHTS,
         help=f"checkpoint file, folder or hub id (default: {DEFAULT_WEIGHTS}, NVIDIA non-commercial licence)",
     )
-    parser.add_argument("--mode", choices=["whole", "slide"], default="whole", help="inference mode (default: whole)")
+    parser.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the model's protocol)")
     parser.add_argument(
-        "--scale",
-        type=int,
-        nargs=2,
-        default=(2048, 512),
-        metavar=("LONG", "SHORT"),
-        help="test scale (default: 2048 512)",
+        "--scale", type=int, nargs=2, metavar=("LONG", "SHORT"), help="test scale (default: the model's protocol)"
     )
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="slide window (default: the protocol's)")
     parser.add_argument(
-        "--crop", type=int, nargs=2, default=(512, 512), metavar=("H", "W"), help="slide window (default: 512 512)"
+        "--stride", type=int, nargs=2, metavar=("H", "W"), help="slide stride (default: the protocol's)"
     )
-    parser.add_argument(
-        "--stride", type=int, nargs=2, default=(341, 341), metavar=("H", "W"), help="slide stride (default: 341 341)"
-    )
-    parser.add_argument("--aug", action="store_true", help=f"multi-scale ({', '.join(map(str, AUG_RATIOS))}) + flip")
+    parser.add_argument("--aug", action="store_true", help="multi-scale + flip with the protocol's ratios")
     parser.add_argument("--batch-size", type=int, default=1, help="images per step; equal sizes share a forward pass")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in 0..1 (default: 0.5)")
@@ -112,15 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no images found in {' '.join(args.inputs)}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = from_pretrained(args.weights, map_location=device)
-    segmenter = Segmenter(
-        model,
-        mode=args.mode,
-        scale=args.scale,
-        crop=args.crop,
-        stride=args.stride,
-        aug_ratios=AUG_RATIOS if args.aug else None,
-        flip=args.aug,
-    )
+    segmenter = Segmenter(model, aug=args.aug, mode=args.mode, scale=args.scale, crop=args.crop, stride=args.stride)
     names, palette = model.class_names, model_palette(model.class_names)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
