@@ -160,7 +160,7 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
         )
     if channels == 1:
         return np.repeat(array.reshape(*array.shape[:2], 1), 3, axis=2)
-    return np.ascontiguousarray(array[:, :, :3])
+    return np.ascontiguousarray(array if channels == 3 else array[:, :, :3])
 
 
 def read_mask(path: str | Path) -> np.ndarray:
