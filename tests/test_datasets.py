@@ -93,9 +93,7 @@ def test_ade20k_reduces_zero_label(tmp_path):
         np.testing.assert_array_equal(mask, expected)
         assert image.shape == (2, 3, 3) and np.abs(image.astype(int) - [200, 40, 90]).max() <= 3
     assert build_dataset("ade20k", tmp_path, "train").image_path(0).name == "ADE_training_1.jpg"
-    info = DATASETS["ade20k"]
-    assert (info.test_mode, info.test_scale, info.train_crop) == ("whole", (2048, 512), (512, 512))
-    assert info.aug_ratios == (0.75, 0.875, 1.0, 1.125, 1.25)
+    assert dataset.info.protocol.reduce_zero_label and dataset.info is DATASETS["ade20k"]
 
 
 # -------------------------------------------------------------------------------------------------- Cityscapes
@@ -123,13 +121,7 @@ def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
     assert mask[0, 7] == 0 and mask[3, 6] == 18 and mask[0, 0] == 255 and mask[1, 0] == 255  # ids 7, 33, 0, 9
     np.testing.assert_array_equal(image, flat_image(4, 9))
     assert dataset.classes[0] == "road" and dataset.classes[18] == "bicycle"
-    info = DATASETS["cityscapes"]
-    assert (info.test_mode, info.test_scale, info.slide_crop, info.slide_stride) == (
-        "slide",
-        (2048, 1024),
-        (1024, 1024),
-        (768, 768),
-    )
+    assert dataset.info is DATASETS["cityscapes"] and not dataset.info.protocol.reduce_zero_label
 
 
 def test_cityscapes_prefers_train_id_files(tmp_path):
@@ -237,6 +229,7 @@ def test_custom_flat_folder_binary_and_reduce_zero_label(tmp_path):
     save(tmp_path / "masks/x.png", np.array([[0, 1, 2], [3, 255, 1]], dtype=np.uint8))
     dataset = build_dataset("custom", tmp_path, reduce_zero_label=True, classes=["a", "b", "c"])
     np.testing.assert_array_equal(dataset[0][1], [[255, 0, 1], [2, 255, 0]])
+    assert dataset.info.protocol == DATASETS["custom"].protocol.replace(reduce_zero_label=True)
 
 
 def test_custom_transform_and_value_check(tmp_path):
@@ -287,18 +280,61 @@ def test_error_messages_name_the_path(tmp_path):
 
 
 def test_protocols_follow_the_official_configs():
-    # (test_mode, test_scale, train_crop, aug_ratios) from the SegFormer / mmseg dataset configs
+    # (mode, scale, size_divisor, crop, stride, reduce_zero_label) of the test pipelines and test_cfg of NVlabs
+    # local_configs/_base_/datasets/ade20k_repeat.py and cityscapes_1024x1024_repeat.py with the B0 configs, and of
+    # mmseg 0.x configs/_base_/datasets/pascal_voc12.py and coco-stuff164k.py (whole; crop/stride unused there)
     mmseg_ratios = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     expected = {
-        "ade20k": ("whole", (2048, 512), (512, 512), (0.75, 0.875, 1.0, 1.125, 1.25)),
-        "cityscapes": ("slide", (2048, 1024), (1024, 1024), mmseg_ratios),
-        "voc": ("whole", (2048, 512), (512, 512), mmseg_ratios),
-        "coco-stuff": ("whole", (2048, 512), (512, 512), mmseg_ratios),
-        "custom": ("whole", (2048, 512), (512, 512), mmseg_ratios),
+        "ade20k": ("whole", (2048, 512), 32, True),
+        "cityscapes": ("slide", (2048, 1024), None, False),
+        "voc": ("whole", (2048, 512), None, False),
+        "coco-stuff": ("whole", (2048, 512), None, False),
+        "custom": ("whole", (2048, 512), None, False),
     }
-    for name, protocol in expected.items():
-        info = DATASETS[name]
-        assert (info.test_mode, info.test_scale, info.train_crop, info.aug_ratios) == protocol, name
-        assert len(info.palette) == len(info.classes)
+    for name, values in expected.items():
+        p = DATASETS[name].protocol
+        assert (p.mode, p.scale, p.size_divisor, p.reduce_zero_label) == values, name
+        assert p.aug_ratios == mmseg_ratios and p.flip, name
+        assert len(DATASETS[name].palette) == len(DATASETS[name].classes)
+    assert (DATASETS["cityscapes"].protocol.crop, DATASETS["cityscapes"].protocol.stride) == ((1024, 1024), (768, 768))
     assert [len(DATASETS[n].classes) for n in ("ade20k", "cityscapes", "voc", "coco-stuff")] == [150, 19, 21, 171]
     assert len({tuple(c) for c in DATASETS["coco-stuff"].palette}) == 171  # distinct colours
+
+
+def test_read_image_accepts_pil_images_and_arrays(tmp_path):
+    rgb = RNG.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    assert read_image(rgb) is rgb  # already H×W×3 uint8: no copy
+    gray = rgb[..., 0]
+    np.testing.assert_array_equal(read_image(gray), np.stack([gray] * 3, axis=2))
+    np.testing.assert_array_equal(read_image(gray[..., None]), np.stack([gray] * 3, axis=2))
+    rgba = np.concatenate([rgb, np.full((3, 4, 1), 7, np.uint8)], axis=2)
+    np.testing.assert_array_equal(read_image(rgba), rgb)
+    sixteen = np.array([[0, 65535, 300], [257 * 100, 32896, 1000]], dtype=np.uint16)
+    expected = np.array([[0, 255, 1], [100, 128, 4]], dtype=np.uint8)  # round(v / 257)
+    np.testing.assert_array_equal(read_image(sixteen), np.stack([expected] * 3, axis=2))
+    # a PIL image gives what its file gives, 16-bit and EXIF orientation included, and is left as it was
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name, array, kwargs in [("s.png", sixteen, {}), ("o.png", rgb, {"exif": exif})]:
+        path = save(tmp_path / name, array, **kwargs)
+        opened = Image.open(path)
+        np.testing.assert_array_equal(read_image(opened), read_image(path))
+        assert opened.size == (array.shape[1], array.shape[0])
+    assert read_image(tmp_path / "o.png").shape == (4, 3, 3)  # rotated
+    with pytest.raises(ValueError, match=r"H×W×3 \(RGB\).*shape \(3, 4, 2\), dtype uint8"):
+        read_image(rgb[..., :2])
+    with pytest.raises(ValueError, match="float64"):
+        read_image(rgb.astype(float))
+
+
+def test_datasets_share_one_interface(tmp_path):
+    from segformer.data import BaseSegmentationDataset, SyntheticDataset
+
+    save(tmp_path / "images/val/x.png", flat_image(2, 3))
+    save(tmp_path / "masks/val/x.png", np.zeros((2, 3), np.uint8))
+    (tmp_path / "classes.txt").write_text("bg 1 2 3\nfg 4 5 6\n")
+    for dataset in (build_dataset("custom", tmp_path), SyntheticDataset(2, (32, 48))):
+        assert isinstance(dataset, BaseSegmentationDataset)
+        assert dataset.palette.dtype == np.uint8 and dataset.palette.shape == (dataset.num_classes, 3)
+        assert dataset.classes == list(dataset.info.classes) and dataset.name == dataset.info.name
+    assert SyntheticDataset(2, (32, 48)).info.protocol.scale == (48, 32)

@@ -1,5 +1,6 @@
 """Segmenter: mmseg test protocol (resize rule, sliding windows, multi-scale + flip) and tiled argmax."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -8,10 +9,16 @@ from PIL import Image
 from torch import nn
 
 from segformer import create_model
+from segformer.config import TestProtocol as Protocol  # aliased: pytest would collect a "Test…" class
 from segformer.constants import IMAGE_MEAN, IMAGE_STD
 from segformer.inference import Segmenter, resize_rows, sliding_windows, view_size
 
 K = 4
+
+
+def protocol(**fields) -> Protocol:
+    """A test protocol from the legacy defaults (whole, (2048, 512), plain Resize)."""
+    return Protocol(**fields)
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +44,20 @@ class Symmetric(nn.Module):
 
 
 def reference_scores(model, image, sizes, flip):
-    """Hand-written mmseg aug_test: per scale (and flip) resize, normalise, forward, resize back, softmax; mean."""
+    """Hand-written mmseg aug_test: per scale (and flip) cv2 resize, normalise, forward, resize to the view
+    (encode_decode) and to the image (whole_inference), softmax, flip back; mean."""
     h, w = image.shape[:2]
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     mean, std = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
     probs = []
     with torch.no_grad():
         for size in sizes:
-            xr = F.interpolate(x, size, mode="bilinear", align_corners=False).round().clamp(0, 255)
-            xr = (xr - mean) / std
+            resized = cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR)
+            xr = (torch.from_numpy(resized).permute(2, 0, 1)[None].float() - mean) / std
             for flipped in (False, True) if flip else (False,):
                 logits = model(xr.flip(-1) if flipped else xr)
+                logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
                 logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
-                probs.append((logits.flip(-1) if flipped else logits).softmax(1)[0])
+                probs.append(logits.softmax(1).flip(-1)[0] if flipped else logits.softmax(1)[0])
     return torch.stack(probs).mean(0)
 
 
@@ -62,7 +70,8 @@ def reference_scores(model, image, sizes, flip):
         ((512, 683), (2048, 512), 0.875, (448, 598)),  # scale (1792, 448); 683 * 0.875 = 597.6 -> 598
         ((1024, 2048), (2048, 1024), 0.75, (768, 1536)),  # Cityscapes ratio 0.75
         ((1024, 2048), (2048, 1024), 1.75, (1792, 3584)),  # Cityscapes ratio 1.75
-        ((45, 71), None, 0.5, (23, 36)),  # no scale: 22.5 -> 23, 35.5 -> 36 (half up)
+        ((45, 71), None, 0.5, (22, 35)),  # no scale: target (int(35.5), int(22.5)) = (35, 22) -> factor 22/45
+        ((97, 131), None, 0.75, (72, 97)),  # target (98, 72): factor 72/97 -> 72 × int(97.74)
     ],
 )
 def test_resize_follows_mmcv_keep_ratio_rule(hw, scale, ratio, expected):
@@ -93,8 +102,8 @@ def test_resize_rows_tiles_stitch_exactly_and_match_interpolate():
 @pytest.mark.parametrize("crop", [(40, 52), (64, 64)])
 def test_slide_with_one_window_equals_whole(model, crop):
     image = random_image(40, 52)
-    whole = Segmenter(model, mode="whole", scale=None).predict_logits(image)
-    slide = Segmenter(model, mode="slide", scale=None, crop=crop, stride=(32, 32)).predict_logits(image)
+    whole = Segmenter(model, protocol(scale=None)).predict_logits(image)
+    slide = Segmenter(model, protocol(mode="slide", scale=None, crop=crop, stride=(32, 32))).predict_logits(image)
     torch.testing.assert_close(slide, whole, atol=1e-5, rtol=1e-5)
 
 
@@ -109,20 +118,21 @@ def test_slide_averages_overlapping_windows(model):
             logits = model(x[:, :, y1 : y1 + 32, x1 : x1 + 32])
             total[:, :, y1 : y1 + 32, x1 : x1 + 32] += F.interpolate(logits, (32, 32), mode="bilinear")
             count[:, :, y1 : y1 + 32, x1 : x1 + 32] += 1
-    got = Segmenter(model, mode="slide", scale=None, crop=(32, 32), stride=(24, 24)).predict_logits(image)
+    got = Segmenter(model, protocol(mode="slide", scale=None, crop=(32, 32), stride=(24, 24))).predict_logits(image)
     torch.testing.assert_close(got, (total / count)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_flip_of_a_symmetric_model_changes_nothing(model):
     image = random_image(37, 50, seed=1)
     symmetric = Symmetric(model)
-    plain = Segmenter(symmetric, scale=(64, 32))
-    flipped = Segmenter(symmetric, scale=(64, 32), flip=True)
+    one_view = protocol(scale=(64, 32), aug_ratios=(1.0,), flip=True)
+    plain = Segmenter(symmetric, one_view)
+    flipped = Segmenter(symmetric, one_view, aug=True)
     torch.testing.assert_close(flipped.predict_logits(image).exp(), plain.predict_logits(image).softmax(0))
     np.testing.assert_array_equal(flipped.predict(image), plain.predict(image))
     # the same test is not vacuous: the asymmetric model's flipped view does change the scores
-    base = Segmenter(model, scale=(64, 32)).predict_logits(image).softmax(0)
-    assert not torch.allclose(Segmenter(model, scale=(64, 32), flip=True).predict_logits(image).exp(), base, atol=1e-3)
+    base = Segmenter(model, one_view).predict_logits(image).softmax(0)
+    assert not torch.allclose(Segmenter(model, one_view, aug=True).predict_logits(image).exp(), base, atol=1e-3)
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -130,7 +140,7 @@ def test_multi_scale_average_equals_reference(model, flip):
     image = random_image(70, 94, seed=2)
     # scale (128, 64) x 0.5 = (64, 32): factor 32/70 -> 32 x 42.97 -> (32, 43); x 1.0: factor 64/70 -> (64, 86)
     expected = reference_scores(model, image, [(32, 43), (64, 86)], flip)
-    segmenter = Segmenter(model, scale=(128, 64), aug_ratios=(0.5, 1.0), flip=flip)
+    segmenter = Segmenter(model, protocol(scale=(128, 64), aug_ratios=(0.5, 1.0), flip=flip), aug=True)
     torch.testing.assert_close(segmenter.predict_logits(image).exp(), expected, atol=1e-5, rtol=1e-4)
 
 
@@ -142,18 +152,21 @@ def test_outputs_have_the_input_size(model, mode, hw):
     # (17, 23) at ratio 0.75 is 24×32 and (31, 200) is 10×64, below MIN_INPUT_SIZE (padded); (300, 90) and
     # (130, 90) exceed the scale (64, 32); slide windows are smaller than the crop.
     image = random_image(*hw)
-    segmenter = Segmenter(model, mode=mode, scale=(64, 32), crop=(32, 32), stride=(21, 21), aug_ratios=(0.75, 1.25))
+    options = {"mode": mode, "scale": (64, 32), "crop": (32, 32), "stride": (21, 21), "aug_ratios": (0.75, 1.25)}
+    segmenter = Segmenter(model, protocol(**options, flip=False), aug=True)
     logits = segmenter.predict_logits(image)
     labels = segmenter.predict(image)
     assert logits.shape == (K, *hw) and labels.shape == hw and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, logits.argmax(0).numpy())
 
 
-@pytest.mark.parametrize("options", [{}, {"aug_ratios": (0.5, 1.0), "flip": True}, {"mode": "slide", "crop": (32, 32)}])
-def test_tiled_argmax_equals_untiled(model, options):
+@pytest.mark.parametrize(
+    ("options", "aug"), [({}, False), ({"aug_ratios": (0.5, 1.0)}, True), ({"mode": "slide", "crop": (32, 32)}, False)]
+)
+def test_tiled_argmax_equals_untiled(model, options, aug):
     image = random_image(61, 83, seed=4)
-    untiled = Segmenter(model, scale=(64, 32), **options)
-    tiled = Segmenter(model, scale=(64, 32), max_elements=K * 83 * 5, **options)  # 5 rows per tile
+    untiled = Segmenter(model, protocol(scale=(64, 32), **options), aug=aug)
+    tiled = Segmenter(model, protocol(scale=(64, 32), **options), aug=aug, max_elements=K * 83 * 5)  # 5 rows a tile
     expected = untiled.predict_logits(image).argmax(0).numpy()
     np.testing.assert_array_equal(untiled.predict(image), expected)
     np.testing.assert_array_equal(tiled.predict(image), expected)
@@ -161,7 +174,7 @@ def test_tiled_argmax_equals_untiled(model, options):
 
 def test_predict_batch_and_pil_input_agree_with_single_predictions(model):
     a, b, c = random_image(40, 50, 5), random_image(40, 50, 6), random_image(33, 60, 7)
-    segmenter = Segmenter(model, scale=(64, 32))
+    segmenter = Segmenter(model, protocol(scale=(64, 32)))
     batch = segmenter.predict_batch([a, b, Image.fromarray(c)])
     for got, image in zip(batch, [a, b, c], strict=True):
         assert (got == segmenter.predict(image)).mean() > 0.999  # batched convolutions may round differently
@@ -169,16 +182,29 @@ def test_predict_batch_and_pil_input_agree_with_single_predictions(model):
 
 def test_for_dataset_uses_the_official_protocol(model):
     city = Segmenter.for_dataset(model, "cityscapes", aug=True)
-    assert (city.mode, city.scale, city.crop, city.stride) == ("slide", (2048, 1024), (1024, 1024), (768, 768))
+    p = city.protocol
+    assert (p.mode, p.scale, p.crop, p.stride, p.size_divisor) == (
+        "slide",
+        (2048, 1024),
+        (1024, 1024),
+        (768, 768),
+        None,
+    )
     assert city.ratios == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and city.num_views == 12
     ade = Segmenter.for_dataset(model, "ade20k", scale=(1024, 256))
-    assert (ade.mode, ade.scale, ade.ratios, ade.num_views) == ("whole", (1024, 256), (1.0,), 1)
-    assert Segmenter.for_dataset(model, "ade20k", aug=True).ratios == (0.75, 0.875, 1.0, 1.125, 1.25)
+    assert (ade.protocol.mode, ade.protocol.scale, ade.protocol.size_divisor) == ("whole", (1024, 256), 32)
+    assert (ade.ratios, ade.num_views) == ((1.0,), 1)
+    assert Segmenter.for_dataset(model, "ade20k", aug=True).ratios == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    assert repr(ade) == "Segmenter(whole, scale=(1024, 256), size_divisor=32, device=cpu)"
 
 
-def test_bad_input_is_named(model):
-    segmenter = Segmenter(model)
-    with pytest.raises(ValueError, match="H×W×3 uint8"):
-        segmenter.predict(np.zeros((20, 20), np.uint8))
+def test_bad_input_is_named(model, tmp_path):
+    segmenter = Segmenter(model, protocol())
+    with pytest.raises(ValueError, match="H×W×3 .*shape \\(20, 20, 2\\)"):
+        segmenter.predict(np.zeros((20, 20, 2), np.uint8))
+    with pytest.raises(ValueError, match="float32"):
+        segmenter.predict(np.zeros((20, 20, 3), np.float32))
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        segmenter.predict(tmp_path / "missing.png")
     with pytest.raises(ValueError, match="mode must be"):
-        Segmenter(model, mode="tiles")
+        Segmenter(model, protocol(), mode="tiles")

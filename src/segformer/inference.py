@@ -1,34 +1,42 @@
-"""Test-time inference: whole-image and sliding-window modes, multi-scale + flip, following mmseg 0.x.
+"""Test-time inference with the official SegFormer test protocol (NVlabs/SegFormer, its bundled mmseg 0.11).
 
-The official SegFormer code (mmsegmentation 0.x) tests as follows, and ``Segmenter`` does the same:
+``Segmenter`` runs a model under a ``TestProtocol`` (``segformer.config``) as the official ``tools/test.py`` does with
+the dataset's test pipeline (``mmseg/datasets/pipelines/transforms.py``, ``test_time_aug.py``) and
+``mmseg/models/segmentors/encoder_decoder.py``:
 
-* **Resize.** The image is resized keeping its aspect ratio to the test scale (mmcv ``imrescale``:
-  factor min(long / max(h, w), short / min(h, w)), sides rounded half up), bilinearly
-  (align_corners False, no antialiasing, rounded to 0–255 integers as OpenCV does on uint8), then
-  normalised with ``IMAGE_MEAN``/``IMAGE_STD``.
-* **whole**: one forward pass; the H/4 logits are resized bilinearly straight to the original size.
-* **slide**: windows of ``crop`` every ``stride`` (the last window of a row or column is pushed back
-  inside the image); each window's logits are resized to the window, summed into an accumulator and
-  divided by the number of windows covering each pixel; the result is resized to the original size.
-  A window never exceeds the image: an image smaller than ``crop`` is decoded whole, without padding,
-  as mmseg does.
-* **Multi-scale + flip** (``aug_ratios``, ``flip``): mmseg ``MultiScaleFlipAug`` with ``img_ratios``
-  tests at the scales (int(long·r), int(short·r)), each unflipped and then flipped horizontally;
-  ``aug_test`` resizes every view's logits to the original size, flips flipped views back, applies
-  softmax and averages the probabilities (mmseg 1.x ``SegTTAModel`` averages softmax probabilities
-  too). The views are added to one running sum, one at a time.
+* **Resize** (``Resize`` / ``AlignedResize`` with ``keep_ratio=True``): the uint8 image is rescaled by ``cv2.resize``
+  (``INTER_LINEAR``: no antialiasing, halves rounded up, as mmcv ``imrescale``) to fit ``scale`` (long, short): factor
+  min(long / max(h, w), short / min(h, w)), sides int(x · factor + 0.5) (mmcv ``rescale_size``). With
+  ``size_divisor`` (``AlignedResize``, every official ADE20K config) the result is resized again by ``cv2.resize``
+  to ceil(h / d)·d × ceil(w / d)·d. The image is then normalised with the protocol's mean and std (mmcv
+  ``imnormalize``: OpenCV's arithmetic).
+* **whole** (``whole_inference``): one forward pass; the H/4 logits are resized bilinearly (align_corners False) to
+  the resized image's size (``encode_decode``), then to the original size: two steps, as the official code.
+* **slide** (``slide_inference``): windows of ``crop`` every ``stride`` (the last window of a row or column is
+  pushed back inside the image); each window's logits are resized to the window (``encode_decode``), summed into
+  an accumulator and divided by the number of windows covering each pixel; the sum is resized to the original
+  size. A window never exceeds the image: an image smaller than ``crop`` is decoded whole, without padding.
+* **Multi-scale + flip** (``aug=True``: ``MultiScaleFlipAug`` with ``img_ratios``, ``aug_test``): views at the
+  scales (int(long · r), int(short · r)) for r in ``aug_ratios`` (without a scale, (int(w · r), int(h · r)), then
+  the same keep-ratio rescale), each also flipped horizontally when ``flip``; every view's scores are resized to
+  the original size, turned into softmax probabilities, flipped back and averaged. The views are added to one
+  running sum, one at a time.
 
-Images smaller than ``MIN_INPUT_SIZE`` on a side (after resizing) are padded at the bottom and right
-with the mean colour (zero after normalisation) and the logits cropped back.
+Images smaller than ``MIN_INPUT_SIZE`` on a side (after resizing; the official code has no such case) are padded
+at the bottom and right with zeros after normalisation (the mean colour) and the logits cropped back.
 
-Resizing the scores to the original size is done in row tiles (``resize_rows``), so ``predict`` on a
-huge image never builds the full-resolution K×H×W scores when only labels are needed.
+Resizing the scores to the original size is done in row tiles (``resize_rows``), so ``predict`` on a huge image
+never builds the full-resolution K×H×W scores when only labels are needed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,23 +44,42 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from segformer.constants import IMAGE_MEAN, IMAGE_STD
+from segformer.config import TestProtocol
+from segformer.data import DATASETS, canonical_name, read_image
 from segformer.model import MIN_INPUT_SIZE
-from segformer.transforms import rescale_size
+from segformer.transforms import normalize_image, rescale_size, resize_image
 
-ImageLike = np.ndarray | Image.Image
+ImageInput = str | Path | Image.Image | np.ndarray
+# TestProtocol fields that Segmenter's keyword arguments (and the CLI flags) may replace.
+OVERRIDES = ("mode", "scale", "crop", "stride", "size_divisor", "aug_ratios", "flip")
 
 
 def view_size(height: int, width: int, scale: Sequence[int] | None, ratio: float = 1.0) -> tuple[int, int]:
-    """Size (h, w) of an image at the test ``scale`` (long, short) times ``ratio`` (mmseg MultiScaleFlipAug).
+    """Size (h, w) of the keep-ratio resize at ``scale`` (long, short) × ``ratio`` (mmseg ``MultiScaleFlipAug``).
 
-    Without a scale the image itself is scaled by ``ratio``.
+    The target is (int(long · r), int(short · r)); without a scale it is (int(w · r), int(h · r)) of the image
+    itself. The image is then rescaled to fit inside the target (mmcv ``imrescale``).
     """
     if scale is None:
-        h, w = int(height * ratio + 0.5), int(width * ratio + 0.5)
+        target = (int(width * ratio), int(height * ratio))
     else:
-        h, w = rescale_size(height, width, (int(max(scale) * ratio), int(min(scale) * ratio)))
+        target = (int(max(scale) * ratio), int(min(scale) * ratio))
+    h, w = rescale_size(height, width, target)
     return max(h, 1), max(w, 1)
+
+
+def aligned_size(height: int, width: int, divisor: int) -> tuple[int, int]:
+    """Sides rounded up to multiples of ``divisor`` (NVlabs ``AlignedResize._align``)."""
+    return -(-height // divisor) * divisor, -(-width // divisor) * divisor
+
+
+def resize_for_test(image: np.ndarray, protocol: TestProtocol, ratio: float = 1.0) -> np.ndarray:
+    """An H×W×3 uint8 image resized as the official test pipeline does (``Resize`` or ``AlignedResize``)."""
+    size = view_size(*image.shape[:2], protocol.scale, ratio)
+    image = resize_image(image, size)
+    if protocol.size_divisor is not None:
+        image = resize_image(image, aligned_size(*size, protocol.size_divisor))
+    return image
 
 
 def sliding_windows(
@@ -70,22 +97,27 @@ def sliding_windows(
 
 
 def _linear_weights(n_in: int, n_out: int, start: int, stop: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Source indices and weights of outputs start…stop-1 of a 1-D bilinear resize (align_corners False)."""
+    """Source indices and weights of outputs start…stop-1 of a 1-D bilinear resize (align_corners False).
+
+    Computed in float32 as PyTorch's upsampling kernels do (scale n_in / n_out, source position
+    scale · (i + 0.5) − 0.5 rounded once), so the weights are F.interpolate's own.
+    """
+    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
     dst = torch.arange(start, stop, dtype=torch.float64)
-    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp_(min=0)
-    i0 = src.floor().long().clamp_(max=n_in - 1)
+    src = (scale.double() * (dst + 0.5) - 0.5).float().clamp_(min=0)
+    i0 = src.long().clamp_(max=n_in - 1)
     w1 = (src - i0).clamp_(0, 1)
     i1 = (i0 + 1).clamp_(max=n_in - 1)
-    return i0.to(device), i1.to(device), (1 - w1).float().to(device), w1.float().to(device)
+    return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
 
 
 def resize_rows(x: torch.Tensor, size: tuple[int, int], rows: slice) -> torch.Tensor:
     """Rows ``rows`` of ``x`` (…×h×w) resized bilinearly (align_corners False) to ``size``, computed alone.
 
-    Equals ``F.interpolate(x, size, mode="bilinear", align_corners=False)[..., rows, :]`` up to float
-    rounding. Only the source rows the tile needs are widened (by ``F.interpolate``), then blended
-    row by row; every value is computed the same way whatever the tile, so tiles stitch into exactly
-    the untiled result.
+    Equals ``F.interpolate(x, size, mode="bilinear", align_corners=False)[..., rows, :]`` up to the last
+    bit of float32 (the order of one multiply-add). Only the source rows the tile needs are widened (by
+    ``F.interpolate``), then blended row by row; every value is computed the same way whatever the tile,
+    so tiles stitch into exactly the untiled result.
     """
     (height, width), h = size, x.shape[-2]
     i0, i1, a0, a1 = _linear_weights(h, height, rows.start, rows.stop, x.device)
@@ -94,188 +126,188 @@ def resize_rows(x: torch.Tensor, size: tuple[int, int], rows: slice) -> torch.Te
     return wide[..., i0 - first, :].mul_(a0[:, None]).add_(wide[..., i1 - first, :].mul_(a1[:, None]))
 
 
-def _as_array(image: ImageLike) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        desc = f"shape {image.shape}, dtype {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"expected an H×W×3 uint8 RGB array or a PIL image, got {desc}")
-    return image
+def _model_protocol(model: Any) -> TestProtocol | None:
+    """The test protocol recorded in ``model.config`` (a SegFormerConfig or a dict), or None."""
+    config = getattr(model, "config", None)
+    protocol = config.get("protocol") if isinstance(config, dict) else getattr(config, "protocol", None)
+    return TestProtocol.from_dict(protocol) if isinstance(protocol, dict) else protocol
 
 
 class Segmenter:
     """Semantic segmentation of whole images with a SegFormer (or any model returning B×K×h×w logits).
 
     Args:
-        model: the network; put in eval mode (and on ``device`` when given).
-        mode: "whole" (one forward pass) or "slide" (sliding windows).
-        scale: test scale (long, short) the image is resized to keeping its ratio; None keeps its size.
-        crop: slide window (h, w).
-        stride: slide step (h, w).
-        aug_ratios: multi-scale test ratios of ``scale`` (e.g. 0.75 … 1.25); None tests at ``scale`` only.
-        flip: also test the horizontally flipped image.
-        device: where to run; default the model's device.
+        model: the network; left in the train/eval mode it is in (each call runs in eval mode and restores it).
+        protocol: how to test; default the model's recorded ``model.config.protocol``, else the legacy defaults
+            ``TestProtocol()`` (whole at (2048, 512)) with a warning.
+        aug: multi-scale (``protocol.aug_ratios``) + flip (``protocol.flip``) testing.
+        engine: callable run instead of ``model`` on the normalised B×3×H×W float batch, returning B×K×h×w logits
+            (e.g. an ONNX Runtime session wrapper).
+        device: where to run; default the model's device (the model is moved there when given).
         max_elements: largest B×K×rows×W block of full-resolution scores built at once; ``predict``
             resizes and takes the argmax tile by tile when the full scores would be larger.
+        **overrides: protocol fields to replace (mode, scale, crop, stride, size_divisor, aug_ratios, flip);
+            None leaves a field as it is, so CLI flags can be passed as they are.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        mode: str = "whole",
-        scale: Sequence[int] | None = (2048, 512),
-        crop: Sequence[int] = (512, 512),
-        stride: Sequence[int] = (341, 341),
-        aug_ratios: Sequence[float] | None = None,
-        flip: bool = False,
+        protocol: TestProtocol | None = None,
+        *,
+        aug: bool = False,
+        engine: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: str | torch.device | None = None,
         max_elements: int = 1 << 26,
+        **overrides: Any,
     ) -> None:
-        if mode not in ("whole", "slide"):
-            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        for name, pair in (("scale", scale), ("crop", crop), ("stride", stride)):
-            if pair is not None and (len(pair) != 2 or min(pair) < 1):
-                raise ValueError(f"{name} must be two positive integers, got {pair!r}")
-        if aug_ratios is not None and (len(aug_ratios) == 0 or min(aug_ratios) <= 0):
-            raise ValueError(f"aug_ratios must be positive numbers, got {aug_ratios!r}")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model = model.to(self.device).eval()
+        unknown = sorted(set(overrides) - set(OVERRIDES))
+        if unknown:
+            raise TypeError(f"Segmenter got unknown setting(s) {unknown}; expected some of {', '.join(OVERRIDES)}")
+        protocol = protocol if protocol is not None else _model_protocol(model)
+        if protocol is None:
+            warnings.warn(
+                f"{type(model).__name__} has no recorded test protocol; using whole at (2048, 512); "
+                "pass protocol= or train/save with segformer to record one",
+                UserWarning,
+                stacklevel=2,
+            )
+            protocol = TestProtocol()
+        self.protocol: TestProtocol = protocol.replace(**overrides)
+        self.aug = bool(aug)
+        parameter = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+        self.device = torch.device(device) if device is not None else getattr(parameter, "device", torch.device("cpu"))
+        self.model = model.to(self.device) if device is not None and isinstance(model, nn.Module) else model
+        self.engine = engine
         self.num_classes: int = model.num_classes
-        self.mode = mode
-        self.scale = tuple(scale) if scale is not None else None
-        self.crop, self.stride = tuple(crop), tuple(stride)
-        self.ratios = tuple(aug_ratios) if aug_ratios else (1.0,)
-        self.flips = (False, True) if flip else (False,)
         self.max_elements = max_elements
-        self._mean = torch.tensor(IMAGE_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGE_STD, device=self.device).view(1, 3, 1, 1)
+        self.ratios = self.protocol.aug_ratios if self.aug else (1.0,)
+        self.flips = (False, True) if self.aug and self.protocol.flip else (False,)
 
     @classmethod
-    def for_dataset(cls, model: nn.Module, name: str, aug: bool = False, **overrides) -> Segmenter:
-        """A Segmenter with the official test settings of dataset ``name`` (``segformer.data.DATASETS``).
-
-        ``aug`` turns on the dataset's multi-scale ratios and flipping; ``overrides`` replace any setting.
-        """
-        from segformer.data import DATASETS, canonical_name
-
-        info = DATASETS[canonical_name(name)]
-        options = {"mode": info.test_mode, "scale": info.test_scale}
-        if info.slide_crop is not None:
-            options.update(crop=info.slide_crop, stride=info.slide_stride)
-        if aug:
-            options.update(aug_ratios=info.aug_ratios, flip=True)
-        return cls(model, **{**options, **overrides})
+    def for_dataset(cls, model: nn.Module, name: str, aug: bool = False, **overrides: Any) -> Segmenter:
+        """A Segmenter with the official test protocol of dataset ``name`` (``segformer.data.DATASETS``)."""
+        return cls(model, DATASETS[canonical_name(name)].protocol, aug=aug, **overrides)
 
     @property
     def num_views(self) -> int:
         return len(self.ratios) * len(self.flips)
 
     def __repr__(self) -> str:
-        slide = f", crop={self.crop}, stride={self.stride}" if self.mode == "slide" else ""
-        return (
-            f"Segmenter(mode={self.mode!r}, scale={self.scale}{slide}, aug_ratios={list(self.ratios)}, "
-            f"flip={len(self.flips) == 2}, device={self.device})"
-        )
+        p = self.protocol
+        parts = [p.mode, f"scale={p.scale}"]
+        if p.size_divisor is not None:
+            parts.append(f"size_divisor={p.size_divisor}")
+        if p.mode == "slide":
+            parts.append(f"crop={p.crop}, stride={p.stride}")
+        if self.aug:
+            parts.append(f"aug_ratios={list(self.ratios)}, flip={len(self.flips) == 2}")
+        return f"Segmenter({', '.join(parts)}, device={self.device})"
 
     # --- public API -----------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def predict_logits(self, image: ImageLike) -> torch.Tensor:
+    def predict_logits(self, image: ImageInput) -> torch.Tensor:
         """Class scores K×H×W at the original image size, on the segmenter's device.
 
         One view: the logits. Several views (multi-scale/flip): the log of the mean softmax
         probabilities, so that ``softmax`` of the result is mmseg's averaged probability in every case.
         """
-        scores = self._scores(self._to_batch([image]))[0]
-        return scores.log_() if self.num_views > 1 else scores
+        with self._evaluating():
+            scores = self._scores(read_image(image)[None])[0]
+            return scores.log_() if self.num_views > 1 else scores
 
-    @torch.inference_mode()
-    def predict(self, image: ImageLike) -> np.ndarray:
+    def predict(self, image: ImageInput) -> np.ndarray:
         """Label map H×W (uint8, int32 beyond 256 classes) at the original image size."""
         return self.predict_batch([image])[0]
 
-    @torch.inference_mode()
-    def predict_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """Label maps of several images; consecutive images of equal size share forward passes."""
-        arrays = [_as_array(image) for image in images]
+        arrays = [read_image(image) for image in images]
         labels = []
-        for _, group in itertools.groupby(arrays, key=lambda a: a.shape):
-            labels += self._labels(self._to_batch(list(group)))
+        with self._evaluating():
+            for _, group in itertools.groupby(arrays, key=lambda a: a.shape):
+                labels += self._labels(np.stack(list(group)))
         return labels
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _to_batch(self, images: Sequence[ImageLike]) -> torch.Tensor:
-        """B×3×H×W float 0–255 on the device."""
-        batch = np.stack([_as_array(image) for image in images])
-        return torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval and inference mode for one call; every module's train/eval flag is restored afterwards."""
+        modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else []
+        training = [m.training for m in modules]
+        for m in modules:
+            m.training = False
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            for m, flag in zip(modules, training, strict=True):
+                m.training = flag
 
     def _row_tiles(self, batch: int, height: int, width: int) -> list[slice]:
         step = max(1, self.max_elements // (batch * self.num_classes * width))
         return [slice(r, min(r + step, height)) for r in range(0, height, step)]
 
-    def _labels(self, x: torch.Tensor) -> list[np.ndarray]:
-        batch, _, height, width = x.shape
+    def _labels(self, images: np.ndarray) -> list[np.ndarray]:
+        batch, height, width = images.shape[:3]
         dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
         if batch * self.num_classes * height * width <= self.max_elements:
-            labels = self._scores(x).argmax(1).to(dtype).cpu()
+            labels = self._scores(images).argmax(1).to(dtype).cpu()
         else:  # huge image: keep the small per-view maps and resize + argmax one row tile at a time
-            maps = list(self._view_maps(x))
+            views = list(self._views(images))
             labels = torch.empty(batch, height, width, dtype=dtype)
             for rows in self._row_tiles(batch, height, width):
-                tile = sum(self._view_scores(m, rows, (height, width)) for m in maps)
+                tile = sum(self._view_scores(view, flip, rows, (height, width)) for view, flip in views)
                 labels[:, rows] = self._average(tile).argmax(1).to(dtype).cpu()
         return list(labels.numpy())
 
-    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+    def _scores(self, images: np.ndarray) -> torch.Tensor:
         """B×K×H×W scores at the input size: logits for one view, mean probabilities for several."""
-        batch, _, height, width = x.shape
-        scores = x.new_zeros(batch, self.num_classes, height, width)
-        for view in self._view_maps(x):
+        batch, height, width = images.shape[:3]
+        scores = torch.zeros(batch, self.num_classes, height, width, device=self.device)
+        for view, flip in self._views(images):
             for rows in self._row_tiles(batch, height, width):
-                scores[:, :, rows] += self._view_scores(view, rows, (height, width))
+                scores[:, :, rows] += self._view_scores(view, flip, rows, (height, width))
         return self._average(scores)
 
     def _average(self, total: torch.Tensor) -> torch.Tensor:
         return total / self.num_views if self.num_views > 1 else total
 
-    def _view_scores(self, view: torch.Tensor, rows: slice, size: tuple[int, int]) -> torch.Tensor:
-        """One view's contribution to output rows ``rows``: resized logits, as probabilities if views are averaged."""
+    def _view_scores(self, view: torch.Tensor, flip: bool, rows: slice, size: tuple[int, int]) -> torch.Tensor:
+        """One view's rows ``rows`` at the original size (mmseg ``inference``): probabilities if views are averaged."""
         scores = resize_rows(view, size, rows)
-        return scores.softmax(1) if self.num_views > 1 else scores
+        scores = scores.softmax(1) if self.num_views > 1 else scores
+        return scores.flip(-1) if flip else scores
 
-    def _view_maps(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Logit maps of each test view (scale × flip), flipped views flipped back; one at a time."""
-        height, width = x.shape[-2:]
+    def _views(self, images: np.ndarray) -> Iterator[tuple[torch.Tensor, bool]]:
+        """(logits at the resized image's size, flipped) of each test view (scale × flip), one at a time."""
         for ratio in self.ratios:
-            size = view_size(height, width, self.scale, ratio)
-            if size != (height, width):  # bilinear, rounded to integers as OpenCV's uint8 resize in mmseg
-                resized = F.interpolate(x, size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
-            else:
-                resized = x
-            resized = (resized - self._mean) / self._std
+            mean, std = self.protocol.mean, self.protocol.std
+            batch = np.stack(
+                [normalize_image(resize_for_test(image, self.protocol, ratio), mean, std) for image in images]
+            )
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).contiguous()
             for flip in self.flips:
-                view = resized.flip(-1) if flip else resized
-                logits = self._slide(view) if self.mode == "slide" else self._forward(view)
-                yield (logits.flip(-1) if flip else logits).float()
+                view = x.flip(-1) if flip else x
+                logits = self._slide(view) if self.protocol.mode == "slide" else self._encode_decode(view)
+                yield logits.float(), flip
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Model logits of the normalised batch ``x``, padding it first if it is below MIN_INPUT_SIZE."""
+    def _encode_decode(self, x: torch.Tensor) -> torch.Tensor:
+        """mmseg ``encode_decode``: logits of the normalised batch ``x`` resized to its size (padded if too small)."""
         height, width = x.shape[-2:]
         pad_h, pad_w = max(MIN_INPUT_SIZE - height, 0), max(MIN_INPUT_SIZE - width, 0)
-        if not (pad_h or pad_w):
-            return self.model(x)
-        logits = self.model(F.pad(x, (0, pad_w, 0, pad_h)))
-        padded = F.interpolate(logits, (height + pad_h, width + pad_w), mode="bilinear", align_corners=False)
-        return padded[..., :height, :width]
+        padded = F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        logits = (self.engine or self.model)(padded)
+        logits = F.interpolate(logits, padded.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :height, :width]
 
     def _slide(self, x: torch.Tensor) -> torch.Tensor:
         """mmseg ``slide_inference``: window logits resized to their window, overlaps averaged."""
         batch, _, height, width = x.shape
         total = x.new_zeros(batch, self.num_classes, height, width)
         count = x.new_zeros(1, 1, height, width)
-        for y1, y2, x1, x2 in sliding_windows(height, width, self.crop, self.stride):
-            logits = self._forward(x[:, :, y1:y2, x1:x2])
-            total[:, :, y1:y2, x1:x2] += F.interpolate(logits, (y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
+        for y1, y2, x1, x2 in sliding_windows(height, width, self.protocol.crop, self.protocol.stride):
+            total[:, :, y1:y2, x1:x2] += self._encode_decode(x[:, :, y1:y2, x1:x2])
             count[:, :, y1:y2, x1:x2] += 1
         return total / count

@@ -3,21 +3,25 @@
 Every transform is called as ``transform(image, mask, rng)`` and returns ``(image, mask)``. The
 image is H×W×3 uint8 RGB and the mask H×W uint8 (255 = ignore) until ``Normalize`` turns them into
 a C×H×W float tensor and an H×W int64 tensor; ``Pad`` works on those tensors, as mmseg pads after
-normalising. Masks are always resized with nearest neighbour. All randomness comes from ``rng``, a
+normalising. Every resize and colour conversion is OpenCV's, as in mmseg (``mmcv.imresize`` is
+``cv2.resize``; ``mmcv.bgr2hsv`` is ``cv2.cvtColor``): images bilinearly (``INTER_LINEAR``, no
+antialiasing when shrinking), masks with nearest neighbour. All randomness comes from ``rng``, a
 ``numpy.random.Generator`` the caller seeds per sample, so augmentation is reproducible and does not
 depend on the number of data-loading workers.
 
-The official train pipeline (SPEC §4) is built by ``train_transforms``.
+``train_transforms`` builds the official train pipeline (``train_pipeline`` of NVlabs/SegFormer
+``local_configs/_base_/datasets/ade20k_repeat.py`` and ``cityscapes_1024x1024_repeat.py``; the
+transforms are those of ``mmseg/datasets/pipelines/transforms.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from segformer.constants import IGNORE_INDEX, IMAGE_MEAN, IMAGE_STD
 
@@ -33,12 +37,20 @@ def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, in
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """``image`` resized to ``size`` (h, w) by ``cv2.resize`` (mmcv ``imresize``); returned as is at its own size.
+
+    ``INTER_LINEAR`` on uint8 is OpenCV's fixed-point bilinear: align_corners False, no antialiasing,
+    results rounded to integers.
+    """
+    if image.shape[:2] == tuple(size):
+        return image  # cv2.resize copies the image unchanged when the size does not change
+    return cv2.resize(image, (size[1], size[0]), interpolation=interpolation)
+
+
 def resize(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to ``size`` (h, w): the image bilinearly, the mask with nearest neighbour."""
-    h, w = size
-    image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
-    mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.Resampling.NEAREST))
-    return image, mask
+    """Resize to ``size`` (h, w): the image bilinearly, the mask with nearest neighbour (OpenCV, as mmseg)."""
+    return resize_image(image, size), resize_image(mask, size, cv2.INTER_NEAREST)
 
 
 class RandomResize:
@@ -109,41 +121,6 @@ class RandomFlip:
         return image, mask
 
 
-# OpenCV's 8-bit HSV (H in [0, 180), S and V in [0, 255]), which mmseg's PhotoMetricDistortion uses.
-_HSV_SHIFT = 12
-_SDIV = np.concatenate([[0], np.rint((255 << _HSV_SHIFT) / np.arange(1, 256))]).astype(np.int64)
-_HDIV = np.concatenate([[0], np.rint((180 << _HSV_SHIFT) / (6.0 * np.arange(1, 256)))]).astype(np.int64)
-
-
-def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB → uint8 HSV exactly as OpenCV's ``COLOR_RGB2HSV`` (fixed-point, 12-bit tables)."""
-    rgb = image.astype(np.int64)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = rgb.max(-1)
-    diff = v - rgb.min(-1)
-    s = (diff * _SDIV[v] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
-    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    h = (h * _HDIV[diff] + (1 << (_HSV_SHIFT - 1))) >> _HSV_SHIFT
-    h = np.where(h < 0, h + 180, h)
-    return np.stack([h, s, v], -1).astype(np.uint8)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """uint8 HSV → uint8 RGB as OpenCV's ``COLOR_HSV2RGB`` (float32 sectors, rounded to nearest)."""
-    h = hsv[..., 0].astype(np.float32) * np.float32(6.0 / 180.0)
-    s = hsv[..., 1].astype(np.float32) * np.float32(1.0 / 255.0)
-    v = hsv[..., 2].astype(np.float32) * np.float32(1.0 / 255.0)
-    h = np.mod(h, np.float32(6.0))
-    sector = np.floor(h).astype(np.int64)
-    f = h - sector
-    tab = np.stack([v, v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))], -1)
-    # (r, g, b) picked from tab = [v, p, q, t] for sectors 0…5 (OpenCV's sector_data, reordered to RGB)
-    order = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
-    rgb = np.take_along_axis(tab, order[sector], axis=-1)
-    rgb = np.where((s == 0)[..., None], v[..., None], rgb)
-    return np.clip(np.rint(rgb * np.float32(255.0)), 0, 255).astype(np.uint8)
-
-
 def _convert(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
     """mmseg ``convert``: x × alpha + beta in float32, clipped to [0, 255], truncated to uint8."""
     return np.clip(x.astype(np.float32) * np.float32(alpha) + np.float32(beta), 0, 255).astype(np.uint8)
@@ -158,8 +135,8 @@ class PhotoMetricDistortion:
     4. hue: in HSV, add an integer in [-hue_delta, hue_delta) to H, modulo 180;
     5. contrast, in mode 0.
 
-    Each step truncates to uint8 as mmseg does. The image is RGB here (mmseg works on BGR and
-    converts with BGR2HSV, which is the same colour transform).
+    Each step truncates to uint8 as mmseg does. HSV is OpenCV's 8-bit HSV (``cv2.cvtColor``; H in
+    [0, 180)). The image is RGB here: mmseg works on BGR with ``COLOR_BGR2HSV``, the same colour transform.
     """
 
     def __init__(
@@ -186,29 +163,37 @@ class PhotoMetricDistortion:
         if mode == 1:
             image = self._contrast(image, rng)
         if rng.integers(2):
-            hsv = rgb_to_hsv(image)
+            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
             hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*self.saturation_range))
-            image = hsv_to_rgb(hsv)
+            image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
         if rng.integers(2):
-            hsv = rgb_to_hsv(image)
+            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
             shift = int(rng.integers(-self.hue_delta, self.hue_delta))
             hsv[..., 0] = (hsv[..., 0].astype(np.int64) + shift) % 180
-            image = hsv_to_rgb(hsv)
+            image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
         if mode == 0:
             image = self._contrast(image, rng)
         return image, mask
 
 
+def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """H×W×3 (image − mean) × (1 / std) in float32, with OpenCV's arithmetic as mmcv ``imnormalize``."""
+    out = image.astype(np.float32)
+    cv2.subtract(out, np.array([mean], dtype=np.float64), out)
+    cv2.multiply(out, 1 / np.array([std], dtype=np.float64), out)
+    return out
+
+
 class Normalize:
-    """(image − mean) / std on RGB 0–255 → C×H×W float32 tensor; the mask → H×W int64 tensor."""
+    """(image − mean) / std on RGB 0–255 (``normalize_image``) → C×H×W float32 tensor; the mask → H×W int64 tensor."""
 
     def __init__(self, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.mean = tuple(mean)
+        self.std = tuple(std)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None) -> Sample:
-        x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
-        return (x - self.mean) / self.std, torch.from_numpy(mask.astype(np.int64))
+        x = torch.from_numpy(normalize_image(image, self.mean, self.std)).permute(2, 0, 1)
+        return x, torch.from_numpy(mask.astype(np.int64))
 
 
 class Pad:

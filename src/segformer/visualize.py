@@ -13,12 +13,25 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from segformer.config import SegFormerConfig
 from segformer.constants import IGNORE_INDEX
+from segformer.data import DATASETS, default_palette
 from segformer.fileio import atomic_write
 
 FONT_FRACTION = 1 / 32  # legend and caption font size per pixel of the picture's short side
 FONT_BOUNDS = (9, 160)  # smallest legible size, and a cap for huge pictures
 MIN_LEGEND_ROWS = 4  # legend rows allowed even when the picture is smaller
+
+
+def model_palette(config: SegFormerConfig) -> np.ndarray:
+    """K×3 colours for a model's classes: its recorded palette, else that of the dataset whose classes it
+    predicts, else distinct generated colours."""
+    if config.palette is not None:
+        return np.array(config.palette, dtype=np.uint8)
+    for info in DATASETS.values():
+        if info.classes and tuple(info.classes) == config.names:
+            return np.array(info.palette, dtype=np.uint8)
+    return default_palette(config.num_classes)
 
 
 def font_size(width: int, height: int) -> int:

@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_WEIGHTS = "nvidia/segformer-b0-finetuned-ade-512-512"
-# SegFormer's ADE20K multi-scale test ratios, used by --aug.
-AUG_RATIOS = (0.75, 0.875, 1.0, 1.125, 1.25)
 # Largest image read without Pillow's decompression-bomb error (it warns above this, refuses above twice this).
 MAX_IMAGE_PIXELS = 1 << 30
 
@@ -48,22 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_WEIGHTS,
         help=f"checkpoint file, folder or hub id (default: {DEFAULT_WEIGHTS}, NVIDIA non-commercial licence)",
     )
-    parser.add_argument("--mode", choices=["whole", "slide"], default="whole", help="inference mode (default: whole)")
+    parser.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the model's protocol)")
     parser.add_argument(
-        "--scale",
-        type=int,
-        nargs=2,
-        default=(2048, 512),
-        metavar=("LONG", "SHORT"),
-        help="test scale (default: 2048 512)",
+        "--scale", type=int, nargs=2, metavar=("LONG", "SHORT"), help="test scale (default: the model's protocol)"
     )
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="slide window (default: the protocol's)")
     parser.add_argument(
-        "--crop", type=int, nargs=2, default=(512, 512), metavar=("H", "W"), help="slide window (default: 512 512)"
+        "--stride", type=int, nargs=2, metavar=("H", "W"), help="slide stride (default: the protocol's)"
     )
-    parser.add_argument(
-        "--stride", type=int, nargs=2, default=(341, 341), metavar=("H", "W"), help="slide stride (default: 341 341)"
-    )
-    parser.add_argument("--aug", action="store_true", help=f"multi-scale ({', '.join(map(str, AUG_RATIOS))}) + flip")
+    parser.add_argument("--aug", action="store_true", help="multi-scale + flip with the protocol's ratios")
     parser.add_argument("--batch-size", type=int, default=1, help="images per step; equal sizes share a forward pass")
     add_device_argument(parser)
     add_threads_argument(parser)
@@ -107,18 +98,6 @@ def output_stems(files: list[Path]) -> list[str]:
     return stems
 
 
-def model_palette(class_names: list[str]) -> np.ndarray:
-    """The palette of the dataset whose classes the model predicts, else distinct generated colours."""
-    import numpy as np
-
-    from segformer.data import DATASETS, default_palette
-
-    for info in DATASETS.values():
-        if info.classes and list(info.classes) == list(class_names):
-            return np.array(info.palette, dtype=np.uint8)
-    return default_palette(len(class_names))
-
-
 def manifest_entry(file: Path, outputs: tuple[Path, Path], label: np.ndarray, names: list[str], out: Path) -> dict:
     """The manifest line of one input: paths, size and pixels per class present (ignored pixels left out)."""
     import numpy as np
@@ -154,25 +133,17 @@ def build_segmenter(args: argparse.Namespace, device: torch.device):
     if device.type == "cuda" and rank_and_world()[1] > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     model = from_pretrained(args.weights, map_location=device)
-    return Segmenter(
-        model,
-        mode=args.mode,
-        scale=args.scale,
-        crop=args.crop,
-        stride=args.stride,
-        aug_ratios=AUG_RATIOS if args.aug else None,
-        flip=args.aug,
-    )
+    return Segmenter(model, aug=args.aug, mode=args.mode, scale=args.scale, crop=args.crop, stride=args.stride)
 
 
 def predict_jobs(segmenter, jobs: list[tuple[int, Path, tuple[Path, Path]]], args: argparse.Namespace, out: Path):
     """Predict and write the outputs of ``jobs`` (index, input, (label, overlay)); return manifest lines, failures."""
     from segformer.data import read_image
     from segformer.progress import progress_bar
-    from segformer.visualize import overlay, save_image, save_label_png
+    from segformer.visualize import model_palette, overlay, save_image, save_label_png
 
     names = segmenter.model.class_names
-    palette = model_palette(names)
+    palette = model_palette(segmenter.model.config)
     entries, failed = [], 0
     bar = progress_bar(total=len(jobs), desc="predict", unit="image", quiet=args.quiet, disable=len(jobs) < 2)
     for start in range(0, len(jobs), args.batch_size):

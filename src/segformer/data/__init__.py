@@ -3,6 +3,7 @@
 from segformer.data.classes import default_palette
 from segformer.data.datasets import (
     DATASETS,
+    BaseSegmentationDataset,
     DatasetInfo,
     SegmentationDataset,
     build_dataset,
@@ -15,6 +16,7 @@ from segformer.data.synthetic import SYNTHETIC_CLASSES, SyntheticDataset, genera
 __all__ = [
     "DATASETS",
     "SYNTHETIC_CLASSES",
+    "BaseSegmentationDataset",
     "DatasetInfo",
     "SegmentationDataset",
     "SyntheticDataset",

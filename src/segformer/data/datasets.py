@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from segformer.config import TestProtocol
 from segformer.constants import IGNORE_INDEX
 from segformer.data.classes import (
     ADE20K_CLASSES,
@@ -32,7 +33,6 @@ from segformer.data.classes import (
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-_MMSEG_AUG_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 Palette = tuple[tuple[int, int, int], ...]
@@ -40,32 +40,20 @@ Palette = tuple[tuple[int, int, int], ...]
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Classes, palette and the official (mmseg / SegFormer config) protocol of one dataset.
+    """Classes, palette and official test protocol of one dataset.
 
     Attributes:
         name: canonical dataset name.
         classes: class names; empty for "custom" (read from the folder's ``classes.txt``).
         palette: one (r, g, b) per class; empty for "custom".
-        test_mode: "whole" (one forward pass on the resized image) or "slide" (sliding window).
-        test_scale: (long, short) bound of mmseg's ``keep_ratio`` resize, used at test time and as the base
-            scale of the train-time random resize.
-        slide_crop: (height, width) of the sliding window, None for "whole".
-        slide_stride: (height, width) stride of the sliding window, None for "whole".
-        aug_ratios: scale ratios of multi-scale (+ flip) testing.
-        train_crop: (height, width) of the training random crop.
-        reduce_zero_label: whether stored label 0 is "other" (-> 255) and every other id shifts down by one.
+        protocol: the official test protocol (see ``docs/PROTOCOL.md``); its ``reduce_zero_label`` says
+            whether stored label 0 is "other" (-> 255) and every other id shifts down by one.
     """
 
     name: str
     classes: tuple[str, ...]
     palette: Palette
-    test_mode: str = "whole"
-    test_scale: tuple[int, int] = (2048, 512)
-    slide_crop: tuple[int, int] | None = None
-    slide_stride: tuple[int, int] | None = None
-    aug_ratios: tuple[float, ...] = _MMSEG_AUG_RATIOS
-    train_crop: tuple[int, int] = (512, 512)
-    reduce_zero_label: bool = False
+    protocol: TestProtocol = TestProtocol()
 
     @property
     def num_classes(self) -> int:
@@ -76,23 +64,19 @@ def _palette(array: np.ndarray) -> Palette:
     return tuple((int(r), int(g), int(b)) for r, g, b in array)
 
 
+# Test pipelines and test_cfg of the official configs: NVlabs/SegFormer local_configs/_base_/datasets/ade20k_repeat.py
+# (AlignedResize, size_divisor 32) and cityscapes_1024x1024_repeat.py with local_configs/segformer/B*/*.py (slide
+# 1024x1024, stride 768); mmseg 0.x configs/_base_/datasets/pascal_voc12.py and coco-stuff164k.py (plain Resize,
+# whole). The multi-scale ratios are the img_ratios these configs carry (commented out).
 DATASETS: dict[str, DatasetInfo] = {
     "ade20k": DatasetInfo(
-        "ade20k",
-        ADE20K_CLASSES,
-        ADE20K_PALETTE,
-        aug_ratios=(0.75, 0.875, 1.0, 1.125, 1.25),
-        reduce_zero_label=True,
+        "ade20k", ADE20K_CLASSES, ADE20K_PALETTE, TestProtocol(size_divisor=32, reduce_zero_label=True)
     ),
     "cityscapes": DatasetInfo(
         "cityscapes",
         CITYSCAPES_CLASSES,
         CITYSCAPES_PALETTE,
-        test_mode="slide",
-        test_scale=(2048, 1024),
-        slide_crop=(1024, 1024),
-        slide_stride=(768, 768),
-        train_crop=(1024, 1024),
+        TestProtocol(mode="slide", scale=(2048, 1024), crop=(1024, 1024), stride=(768, 768)),
     ),
     "voc": DatasetInfo("voc", VOC_CLASSES, _palette(default_palette(len(VOC_CLASSES)))),
     # mmseg's COCO-Stuff palette repeats colours, so a distinct generated one is used instead.
@@ -140,26 +124,44 @@ def _open(path: Path, kind: str) -> Image.Image:
     return image
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as RGB with its EXIF orientation applied.
+def read_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """Read an image file, a PIL image or an array as RGB: the one image reader of training, eval and predict.
 
-    Grayscale, palette, RGBA (alpha dropped, as OpenCV does) and 16-bit images (scaled to 8 bits) are all
-    converted to RGB.
+    Files and PIL images get their EXIF orientation applied (a PIL image given is not modified). Grayscale,
+    palette, RGBA (alpha dropped, as OpenCV does) and 16-bit images (scaled to 8 bits, round(v / 257)) are
+    converted to RGB; arrays may be H×W, H×W×1, H×W×3 (RGB) or H×W×4 (RGBA), uint8 or 16-bit.
 
     Returns:
-        ``H × W × 3`` uint8 array.
+        ``H × W × 3`` uint8 array (an H×W×3 uint8 array is returned as it is).
 
     Raises:
-        FileNotFoundError / ValueError: naming the file, when it is missing or not a readable image.
+        FileNotFoundError / ValueError: naming the file, when it is missing or not a readable image; ValueError
+        for an array of another shape or dtype.
     """
-    image = _open(Path(path), "image")
-    ImageOps.exif_transpose(image, in_place=True)
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source)
+    if isinstance(source, Image.Image):
+        image = ImageOps.exif_transpose(source)  # a transposed copy
+    else:
+        image = _open(Path(source), "image")
+        ImageOps.exif_transpose(image, in_place=True)
     if image.mode in _SIXTEEN_BIT_MODES:
-        gray = np.clip(np.rint(np.asarray(image, dtype=np.float32) / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.array(image)
+        return _array_to_rgb(np.asarray(image))
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.dtype in (np.uint16, np.int32):  # 16-bit values (Pillow reads 16-bit PNGs as int32 "I")
+        array = np.clip(np.rint(array.astype(np.float32) / 257.0), 0, 255).astype(np.uint8)
+    channels = array.shape[2] if array.ndim == 3 else 1
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or channels not in (1, 3, 4):
+        raise ValueError(
+            f"image array: expected H×W, H×W×1, H×W×3 (RGB) or H×W×4 (RGBA), uint8 or 16-bit; "
+            f"got shape {array.shape}, dtype {array.dtype}"
+        )
+    if channels == 1:
+        return np.repeat(array.reshape(*array.shape[:2], 1), 3, axis=2)
+    return np.ascontiguousarray(array if channels == 3 else array[:, :, :3])
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -214,20 +216,57 @@ BINARY = lookup_table({0: 0, 1: 1} | {k: 1 for k in range(128, 256)}, default=0)
 # ----------------------------------------------------------------------------------------------------- dataset
 
 
-class SegmentationDataset(Dataset):
-    """(image, mask) file pairs read with ``read_image`` / ``read_mask`` and mapped to train ids.
+class BaseSegmentationDataset(Dataset):
+    """What every dataset offers: ``info``, ``name``, ``classes``, ``palette`` (K×3 uint8), ``num_classes``,
+    ``ignore_index``, ``load(i)`` and ``image_path(i)``.
 
     ``dataset[i]`` returns ``transform(image, mask)`` when a transform is given, otherwise the ``H × W × 3``
     uint8 RGB image and the ``H × W`` uint8 mask of class ids (255 = ignore).
 
     Args:
-        samples: (image path, mask path) pairs.
-        info: the dataset's classes, palette and protocol.
-        label_map: 256-entry uint8 table applied to the stored mask values; None keeps them.
+        info: the dataset's classes, palette and test protocol.
         transform: callable ``(image, mask) -> anything``.
     """
 
     ignore_index = IGNORE_INDEX
+
+    def __init__(self, info: DatasetInfo, transform: Callable | None = None) -> None:
+        if len(info.palette) != len(info.classes):
+            raise ValueError(f"{info.name}: {len(info.classes)} classes but {len(info.palette)} palette colours")
+        self.info = info
+        self.name = info.name
+        self.classes = list(info.classes)
+        self.palette = np.array(info.palette, dtype=np.uint8).reshape(-1, 3)
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def image_path(self, index: int) -> Path:
+        """The file of sample ``index`` (a virtual path for data held in memory)."""
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The untransformed image and mask of sample ``index``."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int):
+        image, mask = self.load(index)
+        if self.transform is not None:
+            return self.transform(image, mask)
+        return image, mask
+
+
+class SegmentationDataset(BaseSegmentationDataset):
+    """(image, mask) file pairs read with ``read_image`` / ``read_mask`` and mapped to train ids.
+
+    Args:
+        samples: (image path, mask path) pairs.
+        info: the dataset's classes, palette and test protocol.
+        label_map: 256-entry uint8 table applied to the stored mask values; None keeps them.
+        transform: callable ``(image, mask) -> anything``.
+    """
 
     def __init__(
         self,
@@ -236,19 +275,9 @@ class SegmentationDataset(Dataset):
         label_map: np.ndarray | None = None,
         transform: Callable | None = None,
     ) -> None:
-        if len(info.palette) != len(info.classes):
-            raise ValueError(f"{info.name}: {len(info.classes)} classes but {len(info.palette)} palette colours")
-        self.info = info
-        self.name = info.name
-        self.classes = list(info.classes)
-        self.palette = np.array(info.palette, dtype=np.uint8).reshape(-1, 3)
+        super().__init__(info, transform)
         self.samples = [(Path(image), Path(mask)) for image, mask in samples]
         self.label_map = label_map
-        self.transform = transform
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -275,12 +304,6 @@ class SegmentationDataset(Dataset):
                 f"{mask_path}: label values {values} (after the {self.name} label mapping) are not class ids "
                 f"0..{self.num_classes - 1} nor the ignore value {self.ignore_index}"
             )
-        return image, mask
-
-    def __getitem__(self, index: int):
-        image, mask = self.load(index)
-        if self.transform is not None:
-            return self.transform(image, mask)
         return image, mask
 
 
@@ -426,7 +449,7 @@ def _custom(
         DATASETS["custom"],
         classes=names,
         palette=palette or _palette(default_palette(len(names))),
-        reduce_zero_label=reduce_zero_label,
+        protocol=DATASETS["custom"].protocol.replace(reduce_zero_label=reduce_zero_label),
     )
     label_map = BINARY if binary else REDUCE_ZERO_LABEL if reduce_zero_label else None
     return samples, info, label_map

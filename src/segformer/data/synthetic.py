@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from segformer.constants import IGNORE_INDEX
-from segformer.data.datasets import DatasetInfo
+from segformer.config import TestProtocol
+from segformer.data.datasets import BaseSegmentationDataset, DatasetInfo
 
 SYNTHETIC_CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
 SYNTHETIC_PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
@@ -102,11 +101,11 @@ def generate_scene(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
-class SyntheticDataset(Dataset):
+class SyntheticDataset(BaseSegmentationDataset):
     """``num`` synthetic scenes served from memory with the ``SegmentationDataset`` interface.
 
     Scene ``i`` of a split is drawn from ``np.random.default_rng([seed, crc32(split), i])``, so splits differ
-    and any scene can be produced on its own.
+    and any scene can be produced on its own. Its test protocol is whole-image inference at the scenes' size.
 
     Args:
         num: number of scenes.
@@ -115,8 +114,6 @@ class SyntheticDataset(Dataset):
         transform: callable ``(image, mask) -> anything`` applied by ``__getitem__``.
         split: split name mixed into the seed.
     """
-
-    ignore_index = IGNORE_INDEX
 
     def __init__(
         self,
@@ -128,22 +125,13 @@ class SyntheticDataset(Dataset):
     ) -> None:
         if num < 0:
             raise ValueError(f"num must be >= 0, got {num}")
+        protocol = TestProtocol(scale=(max(size), min(size)))
+        super().__init__(DatasetInfo("synthetic", SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, protocol), transform)
         self.num = num
         self.size = tuple(size)
         self.seed = seed
         self.split = split
-        self.transform = transform
-        self.info = DatasetInfo(
-            "synthetic", SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, test_scale=(max(size), min(size)), train_crop=size
-        )
-        self.name = self.info.name
-        self.classes = list(SYNTHETIC_CLASSES)
-        self.palette = np.array(SYNTHETIC_PALETTE, dtype=np.uint8)
         self.samples: list[tuple[Path, Path]] = []  # nothing on disk
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     def __len__(self) -> int:
         return self.num
@@ -158,12 +146,6 @@ class SyntheticDataset(Dataset):
             raise IndexError(f"scene {index} out of range for {self.num} scenes")
         rng = np.random.default_rng([self.seed, zlib.crc32(self.split.encode()), index])
         return generate_scene(rng, self.size)
-
-    def __getitem__(self, index: int):
-        image, mask = self.load(index)
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return image, mask
 
 
 def write_synthetic(

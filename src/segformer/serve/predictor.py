@@ -13,16 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from segformer.cli.predict import model_palette
+from segformer.data import read_image
 from segformer.engines import Engine
 from segformer.inference import Segmenter
+from segformer.visualize import model_palette
 
 MODES = ("whole", "slide")
-# 16-bit grayscale modes, scaled to 8 bits (as segformer.data.read_image does).
-SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
 class RequestError(ValueError):
@@ -44,11 +43,11 @@ class Limits:
 def model_metadata(model: nn.Module) -> dict:
     """Variant, classes, palette and test protocol of ``model``, as JSON-ready values."""
     return {
-        "variant": model.config["variant"],
+        "variant": model.config.variant,
         "num_classes": model.num_classes,
         "class_names": list(model.class_names),
-        "palette": model_palette(model.class_names).tolist(),
-        "protocol": model.config.get("protocol"),
+        "palette": model_palette(model.config).tolist(),
+        "protocol": model.config.protocol.to_dict() if model.config.protocol else None,
     }
 
 
@@ -57,19 +56,7 @@ def make_segmenter(model: nn.Module, mode: str | None, engine: Engine | None, **
 
     ``overrides`` replace other test settings (``scale``, ``crop``, ``stride``).
     """
-    segmenter = Segmenter(model, **({"mode": mode} if mode else {}), **overrides)
-    if engine is not None:  # the Segmenter calls self.model(x) on the normalised batch
-        segmenter.model = engine
-    return segmenter
-
-
-def image_array(image: Image.Image) -> np.ndarray:
-    """H×W×3 uint8 RGB of a decoded image: EXIF orientation applied, 16-bit gray scaled, others converted."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in SIXTEEN_BIT_MODES:
-        gray = np.clip(np.rint(np.asarray(image, dtype=np.float32) / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.array(image.convert("RGB"))
+    return Segmenter(model, engine=engine, mode=mode, **overrides)
 
 
 def decode_image(data: bytes, limits: Limits) -> np.ndarray:
@@ -92,7 +79,7 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
         )
     try:
         image.load()
-        return image_array(image)
+        return read_image(image)
     except (OSError, SyntaxError, ValueError) as e:
         raise RequestError(400, f"truncated or corrupt {image.format} image: {e}") from None
 
