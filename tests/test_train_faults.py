@@ -170,7 +170,6 @@ def test_workers_capped_at_the_cores_and_one_warm_up_warning(setup, tmp_path, ca
 
 
 def test_a_broken_val_mask_is_refused_before_the_first_iteration(tmp_path, capsys):
-    pytest.importorskip("segformer.data.check")  # the dataset checker of segformer.data
     root = write_synthetic(tmp_path / "data", num_train=4, num_val=2, size=(64, 64), seed=0)
     broken = root / "masks" / "val" / "00001.png"
     broken.write_bytes(b"not a png")

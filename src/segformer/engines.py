@@ -22,6 +22,7 @@ from segformer.constants import IMAGE_MEAN, IMAGE_STD
 from segformer.export import export_onnx
 from segformer.fileio import atomic_write
 from segformer.model import SegFormer
+from segformer.pretrained import from_pretrained, resolve_source
 
 ENGINES = ("torch", "onnxruntime")
 Engine = Callable[[torch.Tensor], torch.Tensor]
@@ -38,7 +39,12 @@ def onnxruntime_available() -> bool:
 
 
 def default_engine(device: torch.device) -> str:
-    """ "onnxruntime" on the CPU when it is installed, "torch" otherwise."""
+    """``$SEGFORMER_ENGINE`` when set, else "onnxruntime" on the CPU when it is installed, else "torch"."""
+    chosen = os.environ.get("SEGFORMER_ENGINE")
+    if chosen:
+        if chosen not in ENGINES:
+            raise ValueError(f"SEGFORMER_ENGINE={chosen}: expected one of {', '.join(ENGINES)}")
+        return chosen
     return "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
 
 
@@ -121,6 +127,30 @@ def build_engine(
         raise ValueError("engine 'onnxruntime' needs the weights file to export (or an .onnx file)")
     path = Path(weights) if str(weights).endswith(".onnx") else cached_onnx(model, weights, cache_dir)
     return OnnxRuntimeEngine(path)
+
+
+def load_for_inference(
+    weights: str | Path, device: torch.device, engine: str | None = None, model_source: str | Path | None = None
+) -> tuple[SegFormer, Engine | None, str]:
+    """The model of ``weights``, the engine that runs it (None: the model itself) and the engine's name.
+
+    Args:
+        weights: a checkpoint file, folder or hub id; or an ``.onnx`` file (fp32 or int8) to run as it is.
+        device: where the model runs; ONNX Runtime runs on the CPU only.
+        engine: "torch" or "onnxruntime"; default ``default_engine(device)`` (always ONNX Runtime for an .onnx file).
+        model_source: with an ``.onnx`` file, the checkpoint whose config gives the classes and the protocol.
+    """
+    onnx_file = str(weights).endswith(".onnx")
+    if onnx_file and model_source is None:
+        raise ValueError(f"{weights}: an .onnx file needs the checkpoint it came from for its classes (--model DIR)")
+    name = engine or ("onnxruntime" if onnx_file else default_engine(device))
+    if name == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"--engine onnxruntime runs on the CPU, not on --device {device}")
+    if onnx_file and name != "onnxruntime":
+        raise ValueError(f"{weights}: an .onnx file runs with --engine onnxruntime, not {name}")
+    model = from_pretrained(model_source if onnx_file else weights, map_location=device)
+    file = Path(weights) if onnx_file else resolve_source(weights).weights
+    return model, build_engine(name, model, file), name
 
 
 def normalise(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -126,13 +126,6 @@ def resize_rows(x: torch.Tensor, size: tuple[int, int], rows: slice) -> torch.Te
     return wide[..., i0 - first, :].mul_(a0[:, None]).add_(wide[..., i1 - first, :].mul_(a1[:, None]))
 
 
-def _model_protocol(model: Any) -> TestProtocol | None:
-    """The test protocol recorded in ``model.config`` (a SegFormerConfig or a dict), or None."""
-    config = getattr(model, "config", None)
-    protocol = config.get("protocol") if isinstance(config, dict) else getattr(config, "protocol", None)
-    return TestProtocol.from_dict(protocol) if isinstance(protocol, dict) else protocol
-
-
 class Segmenter:
     """Semantic segmentation of whole images with a SegFormer (or any model returning B×K×h×w logits).
 
@@ -164,7 +157,7 @@ class Segmenter:
         unknown = sorted(set(overrides) - set(OVERRIDES))
         if unknown:
             raise TypeError(f"Segmenter got unknown setting(s) {unknown}; expected some of {', '.join(OVERRIDES)}")
-        protocol = protocol if protocol is not None else _model_protocol(model)
+        protocol = protocol if protocol is not None else getattr(getattr(model, "config", None), "protocol", None)
         if protocol is None:
             warnings.warn(
                 f"{type(model).__name__} has no recorded test protocol; using whole at (2048, 512); "

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import torch
 
 from segformer.config import VARIANTS, SegFormerConfig, TestProtocol
-from segformer.data import DATASETS, DatasetInfo
+from segformer.data import DATASETS
 from segformer.fileio import CheckpointError, read_json, read_tensors
 from segformer.layouts import Layout, State, to_ours, unwrap
 from segformer.model import SegFormer
@@ -244,22 +244,8 @@ def dataset_protocol(class_names: tuple[str, ...] | list[str] | None) -> TestPro
     key = [name.strip().lower() for name in class_names]
     for info in DATASETS.values():
         if info.classes and [name.strip().lower() for name in info.classes] == key:
-            return _official_protocol(info)
+            return info.protocol
     return None
-
-
-def _official_protocol(info: DatasetInfo) -> TestProtocol:
-    protocol = getattr(info, "protocol", None)  # DatasetInfo.protocol, where segformer.data records it
-    if protocol is not None:
-        return protocol
-    return TestProtocol().replace(
-        mode=info.test_mode,
-        scale=info.test_scale,
-        crop=info.slide_crop,
-        stride=info.slide_stride,
-        aug_ratios=info.aug_ratios,
-        reduce_zero_label=info.reduce_zero_label,
-    )
 
 
 def build_config(

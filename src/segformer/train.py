@@ -34,8 +34,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from segformer.config import TestProtocol
-from segformer.constants import IGNORE_INDEX, IMAGE_MEAN, IMAGE_STD
+from segformer.constants import IGNORE_INDEX
 from segformer.data import SegmentationDataset, build_dataset, canonical_name
+from segformer.data.check import check_dataset
 from segformer.distributed import (
     Distributed,
     all_reduce_mean,
@@ -154,24 +155,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def recipe_protocol(recipe: Recipe, dataset: SegmentationDataset) -> TestProtocol:
     """The dataset's official test protocol at the recipe's ``data.test_scale``: how the trained weights are tested."""
-    info = dataset.info
-    official = getattr(info, "protocol", None)  # DatasetInfo.protocol, where segformer.data provides it
-    if official is None:
-        slide = {"crop": info.slide_crop, "stride": info.slide_stride} if info.slide_crop else {}
-        official = TestProtocol(
-            mode=info.test_mode,
-            scale=info.test_scale,
-            aug_ratios=info.aug_ratios,
-            mean=IMAGE_MEAN,
-            std=IMAGE_STD,
-            **slide,
-        )
-    return official.replace(scale=tuple(recipe.data.test_scale), reduce_zero_label=info.reduce_zero_label)
-
-
-def protocol_segmenter(model: nn.Module, protocol: TestProtocol) -> Segmenter:
-    """A Segmenter testing ``model`` as ``protocol`` says (single scale, no flip)."""
-    return Segmenter(model, mode=protocol.mode, scale=protocol.scale, crop=protocol.crop, stride=protocol.stride)
+    return dataset.info.protocol.replace(scale=tuple(recipe.data.test_scale))
 
 
 def build_model(
@@ -249,7 +233,7 @@ def train_step(
 
 def evaluate_model(model: nn.Module, protocol: TestProtocol, dataset, progress: bool) -> dict:
     """Metrics of ``model`` on ``dataset`` tested with ``protocol`` (leaves the model in eval mode)."""
-    return evaluate(protocol_segmenter(model, protocol), dataset, progress=progress)
+    return evaluate(Segmenter(model, protocol), dataset, progress=progress)
 
 
 def build_datasets(recipe: Recipe) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -268,12 +252,8 @@ def check_data(train_set: SegmentationDataset, val_set: SegmentationDataset, rec
     """Refuse a broken dataset before the first iteration, naming the first bad file (unless ``data.check`` is off)."""
     if not recipe.data.check:
         return
-    try:  # imported here: segformer.data.check is optional until the dataset checker is part of the package
-        from segformer.data.check import check_dataset
-    except ImportError:
-        return
     for dataset in (train_set, val_set):
-        check_dataset(dataset, progress=progress).raise_if_broken()
+        check_dataset(dataset, progress=progress, fast=True).raise_if_broken()
 
 
 def data_workers(requested: int) -> tuple[int, str]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # not imported at run time: keeps `segformer --help` fast
+    from segformer.inference import Segmenter
 
 # Optional packages -> the pip command that installs them (for an ImportError turned into a one-line hint).
 OPTIONAL_PACKAGES = {
@@ -10,6 +14,9 @@ OPTIONAL_PACKAGES = {
     "onnx": "pip install 'segformer[export]'",
     "onnxscript": "pip install 'segformer[export]'",
     "onnxruntime": "pip install 'segformer[export]'",
+    "starlette": "pip install 'segformer[serve]'",
+    "uvicorn": "pip install 'segformer[serve]'",
+    "multipart": "pip install 'segformer[serve]'",
 }
 
 
@@ -22,6 +29,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
     return value
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine`` and ``--model`` (the checkpoint an ``.onnx`` --weights file came from)."""
+    parser.add_argument(
+        "--engine",
+        choices=["torch", "onnxruntime"],
+        help="what runs the network (default: onnxruntime on the CPU when installed, else torch; "
+        "$SEGFORMER_ENGINE overrides the default)",
+    )
+    parser.add_argument("--model", help="with an .onnx --weights file (e.g. int8): the checkpoint it was exported from")
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -52,21 +70,19 @@ def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else many or word + 's'}"
 
 
-def describe_protocol(segmenter: object) -> str:
+def describe_protocol(segmenter: Segmenter) -> str:
     """A short readable test protocol, e.g. ``"slide 1024×1024 windows, stride 768×768, scale 2048×1024"``."""
-    # The protocol branch gives Segmenter a ``protocol`` (TestProtocol); until then it holds the fields itself.
-    protocol = getattr(segmenter, "protocol", segmenter)
-    scale = protocol.scale
-    parts = [f"scale {scale[0]}×{scale[1]}" if scale else "original size"]
+    protocol = segmenter.protocol
     if protocol.mode == "slide":
-        parts.insert(
-            0, f"slide {protocol.crop[0]}×{protocol.crop[1]} windows, stride {protocol.stride[0]}×{protocol.stride[1]}"
-        )
+        (ch, cw), (sh, sw) = protocol.crop, protocol.stride
+        parts = [f"slide {ch}×{cw} windows, stride {sh}×{sw}"]
     else:
-        parts.insert(0, "whole image")
-    ratios = getattr(protocol, "aug_ratios", None) or getattr(segmenter, "ratios", ())
-    if getattr(segmenter, "aug", len(ratios) > 1):
-        parts.append(f"multi-scale {', '.join(f'{r:g}' for r in ratios)} + flip")
+        parts = ["whole image"]
+    parts.append(f"scale {protocol.scale[0]}×{protocol.scale[1]}" if protocol.scale else "original size")
+    if protocol.size_divisor:
+        parts.append(f"sides rounded up to multiples of {protocol.size_divisor}")
+    if segmenter.aug:
+        parts.append(f"multi-scale {', '.join(f'{r:g}' for r in protocol.aug_ratios)}" + (" + flip" * protocol.flip))
     return ", ".join(parts)
 
 

@@ -9,13 +9,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from segformer.cli.train import set_threads, train_and_report
 
 NUM_TRAIN, NUM_VAL, SIZE = 400, 40, 96  # synthetic scenes (the recipe's crop and scales match SIZE)
 NUM_OVERLAYS = 8
-CAPTION_HEIGHT = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,36 +41,23 @@ def enlarge(array: np.ndarray, factor: int = 2) -> np.ndarray:
     return array.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def side_by_side(pictures: list[Image.Image], captions: list[str]) -> Image.Image:
-    """Pictures next to each other on white, top-aligned, 8 px apart, each under its caption."""
-    width = sum(p.width for p in pictures) + 8 * (len(pictures) - 1)
-    canvas = Image.new("RGB", (width, CAPTION_HEIGHT + max(p.height for p in pictures)), "white")
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    x = 0
-    for picture, caption in zip(pictures, captions, strict=True):
-        draw.text((x + 2, 2), caption, fill="black", font=font)
-        canvas.paste(picture, (x, CAPTION_HEIGHT))
-        x += picture.width + 8
-    return canvas
-
-
 def write_overlays(weights: Path, data_root: Path, out: Path, protocol, device) -> None:
     """Truth | prediction panels of the first held-out images, predicted by ``weights`` with ``protocol``."""
     from segformer.data import build_dataset  # imported here: keeps `segformer --help` fast
+    from segformer.inference import Segmenter
     from segformer.pretrained import from_pretrained
-    from segformer.train import protocol_segmenter
-    from segformer.visualize import overlay
+    from segformer.visualize import overlay, panels
 
     held_out = build_dataset("custom", data_root, "val")
-    segmenter = protocol_segmenter(from_pretrained(weights, map_location=device), protocol)
+    segmenter = Segmenter(from_pretrained(weights, map_location=device), protocol)
     out.mkdir(exist_ok=True)
     for index in range(min(NUM_OVERLAYS, len(held_out))):
         image, truth = held_out[index]
         pictures = [
-            overlay(enlarge(image), enlarge(label), held_out.palette, held_out.classes, alpha=0.6)
-            for label in (truth, segmenter.predict(image))
+            (caption, overlay(enlarge(image), enlarge(label), held_out.palette, held_out.classes, alpha=0.6))
+            for caption, label in (("truth", truth), ("prediction", segmenter.predict(image)))
         ]
-        side_by_side(pictures, ["truth", "prediction"]).save(out / f"{index:05d}.png")
+        panels(pictures).save(out / f"{index:05d}.png")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from segformer.cli.common import (
     add_device_argument,
+    add_engine_arguments,
     add_quiet_argument,
     add_threads_argument,
     apply_threads,
@@ -30,11 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="ade20k, cityscapes, voc, coco-stuff or custom")
     parser.add_argument("--data-root", required=True, help="dataset folder")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    parser.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the dataset's protocol)")
+    parser.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the weights' protocol)")
     parser.add_argument(
-        "--scale", type=int, nargs=2, metavar=("LONG", "SHORT"), help="test scale (default: the dataset's protocol)"
+        "--scale", type=int, nargs=2, metavar=("LONG", "SHORT"), help="test scale (default: the weights' protocol)"
     )
-    parser.add_argument("--aug", action="store_true", help="multi-scale + flip test with the dataset's ratios")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="slide window (default: the protocol's)")
+    parser.add_argument(
+        "--stride", type=int, nargs=2, metavar=("H", "W"), help="slide stride (default: the protocol's)"
+    )
+    parser.add_argument("--aug", action="store_true", help="multi-scale + flip test with the protocol's ratios")
+    add_engine_arguments(parser)
     add_device_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--out", help="write the per-class and summary metrics to this JSON file")
@@ -71,32 +76,31 @@ def overlay_writer(dataset, show_dir: Path) -> Callable:
     return write
 
 
-def _setup_distributed(device: str):
-    """Join the torchrun process group when WORLD_SIZE > 1; return (device, whether we initialised it)."""
-    import torch
-    import torch.distributed as dist
+def build_segmenter(args: argparse.Namespace, dataset, device):
+    """The model of ``--weights`` and its Segmenter: the weights' own test protocol, else the dataset's official one."""
+    from segformer.engines import load_for_inference
+    from segformer.inference import Segmenter
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return torch.device(device), False
-    if torch.device(device).type == "cuda":
-        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl", device_id=local)
-        return local, True
-    dist.init_process_group("gloo")
-    return torch.device(device), True
+    model, engine, _ = load_for_inference(args.weights, device, args.engine, args.model)
+    if model.num_classes != dataset.num_classes:
+        raise ValueError(
+            f"{args.weights} predicts {model.num_classes} classes but {dataset.name} has {dataset.num_classes}"
+        )
+    protocol = model.config.protocol
+    if protocol is None:
+        protocol = dataset.info.protocol
+        print(f"{args.weights} records no test protocol: using the official {dataset.name} protocol")
+    overrides = {"mode": args.mode, "scale": args.scale, "crop": args.crop, "stride": args.stride}
+    return Segmenter(model, protocol, aug=args.aug, engine=engine, **overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
     from torch.utils.data import Subset
 
-    from segformer import from_pretrained
     from segformer.data import build_dataset
-    from segformer.device import resolve_device
+    from segformer.distributed import close_distributed, init_distributed
     from segformer.evaluate import evaluate
     from segformer.fileio import atomic_write_json
-    from segformer.inference import Segmenter
     from segformer.metrics import format_table
 
     if args.limit is not None and args.limit < 1:
@@ -105,17 +109,11 @@ def run(args: argparse.Namespace) -> int:
         if path and Path(path).exists() and Path(path).is_dir() != (flag == "--show-dir"):
             raise FileExistsError(f"{flag} {path}: exists and is not a {'folder' if flag == '--show-dir' else 'file'}")
     apply_threads(args.threads)
-    device, initialised = _setup_distributed(str(resolve_device(args.device)))
+    processes = init_distributed(args.device)
     try:
-        main_rank = not dist.is_initialized() or dist.get_rank() == 0
+        main_rank = processes.is_main
         dataset = build_dataset(args.dataset, args.data_root, args.split)
-        model = from_pretrained(args.weights, map_location=device)
-        if model.num_classes != dataset.num_classes:
-            raise ValueError(
-                f"{args.weights} predicts {model.num_classes} classes but {dataset.name} has {dataset.num_classes}"
-            )
-        overrides = {key: value for key, value in (("mode", args.mode), ("scale", args.scale)) if value is not None}
-        segmenter = Segmenter.for_dataset(model, dataset.info.name, aug=args.aug, **overrides)
+        segmenter = build_segmenter(args, dataset, processes.device)
         subset = Subset(dataset, range(min(args.limit, len(dataset)))) if args.limit else dataset  # same indices
         show = overlay_writer(dataset, Path(args.show_dir)) if args.show_dir else None
         start = time.perf_counter()
@@ -133,11 +131,10 @@ def run(args: argparse.Namespace) -> int:
                     "dataset": dataset.name,
                     "split": args.split,
                     "num_images": len(subset),
-                    "protocol": repr(segmenter),
+                    "protocol": {**segmenter.protocol.to_dict(), "aug": segmenter.aug},
                 }
                 atomic_write_json(args.out, results_json(results, dataset.classes, info))
                 print(f"wrote {args.out}")
     finally:
-        if initialised:
-            dist.destroy_process_group()
+        close_distributed()
     return 0

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from segformer.cli.common import (
     add_device_argument,
+    add_engine_arguments,
     add_quiet_argument,
     add_threads_argument,
     apply_threads,
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--aug", action="store_true", help="multi-scale + flip with the protocol's ratios")
     parser.add_argument("--batch-size", type=int, default=1, help="images per step; equal sizes share a forward pass")
+    add_engine_arguments(parser)
     add_device_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in 0..1 (default: 0.5)")
@@ -127,13 +129,14 @@ def build_segmenter(args: argparse.Namespace, device: torch.device):
     """The model from ``--weights`` on ``device`` (GPU ``LOCAL_RANK`` under torchrun) and its Segmenter."""
     import torch
 
-    from segformer import from_pretrained
+    from segformer.engines import load_for_inference
     from segformer.inference import Segmenter
 
     if device.type == "cuda" and rank_and_world()[1] > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    model = from_pretrained(args.weights, map_location=device)
-    return Segmenter(model, aug=args.aug, mode=args.mode, scale=args.scale, crop=args.crop, stride=args.stride)
+    model, engine, _ = load_for_inference(args.weights, device, args.engine, args.model)
+    overrides = {"mode": args.mode, "scale": args.scale, "crop": args.crop, "stride": args.stride}
+    return Segmenter(model, aug=args.aug, engine=engine, **overrides)
 
 
 def predict_jobs(segmenter, jobs: list[tuple[int, Path, tuple[Path, Path]]], args: argparse.Namespace, out: Path):

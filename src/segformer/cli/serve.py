@@ -25,29 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     import uvicorn
 
-    from segformer import from_pretrained
-    from segformer.engines import build_engine, default_engine
-    from segformer.pretrained import resolve_source
+    from segformer.device import resolve_device
+    from segformer.engines import load_for_inference
     from segformer.serve.app import create_app
     from segformer.serve.predictor import Predictor
 
     for name in ("max_batch", "queue", "max_pixels", "max_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    onnx_file = str(args.weights).endswith(".onnx")
-    if onnx_file and not args.model:
-        raise ValueError(f"--weights {args.weights}: an .onnx file needs --model CHECKPOINT for the classes")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    source = args.model if onnx_file else args.weights
-    model = from_pretrained(source, map_location=device)
-    engine_name = args.engine or ("onnxruntime" if onnx_file else default_engine(device))
-    if engine_name == "onnxruntime" and device.type != "cpu":
-        raise ValueError(f"--engine onnxruntime runs on the CPU, not on --device {device}")
-    weights = args.weights if onnx_file else resolve_source(source)[0]
-    engine = build_engine(engine_name, model, weights)
+    device = resolve_device(args.device)
+    model, engine, engine_name = load_for_inference(args.weights, device, args.engine, args.model)
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     predictor = Predictor(model, engine)
     app = create_app(predictor, limits, args.max_batch, args.batch_window_ms / 1000, args.queue)

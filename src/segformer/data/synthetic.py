@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from segformer.config import TestProtocol
 from segformer.data.datasets import BaseSegmentationDataset, DatasetInfo
+from segformer.progress import progress_bar
 
 SYNTHETIC_CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
 SYNTHETIC_PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48))
@@ -164,7 +164,7 @@ def write_synthetic(
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "masks" / split).mkdir(parents=True, exist_ok=True)
         dataset = SyntheticDataset(num, size, seed, split=split)
-        for index in tqdm(range(num), desc=f"synthetic {split}", unit="scene", leave=False):
+        for index in progress_bar(range(num), desc=f"synthetic {split}", unit="scene"):
             image, mask = dataset.load(index)
             Image.fromarray(image).save(root / dataset.image_path(index), compress_level=1)
             mask_file = Image.fromarray(mask)
