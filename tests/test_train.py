@@ -114,7 +114,7 @@ def test_loss_resizes_logits_to_the_label_size():
     assert segmentation_loss(logits, labels, None).item() == pytest.approx(expected, rel=1e-6)
 
 
-PAPER = {  # SPEC §4 and the official configs: (crop, scale short side, batch per GPU, iterations, classes)
+PAPER = {  # paper §4.1 and the official local_configs: (crop, scale short side, batch per GPU, iterations, classes)
     "ade20k": (512, 512, 2, 160000, 150),
     "cityscapes": (1024, 1024, 1, 160000, 19),
     "coco-stuff": (512, 512, 2, 80000, 171),
