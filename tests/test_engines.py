@@ -139,7 +139,7 @@ def test_cache_folder_for_hub_weights(tmp_path, monkeypatch):
     assert cache_folder(tmp_path / "mine" / "model.safetensors") == tmp_path / "mine"
 
 
-def test_build_engine_finds_the_cached_export(exported):
+def test_build_engine_finds_the_cached_export(exported, monkeypatch):
     model, folder = exported["model"], exported["folder"]
     weights = folder / "weights" / "model.safetensors"
     shutil.copy(folder / "model.onnx", folder / "weights" / f"model.{weights_hash(weights)}.onnx")
@@ -148,7 +148,14 @@ def test_build_engine_finds_the_cached_export(exported):
     assert build_engine("torch", model, weights) is None
     with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
         build_engine("tensorrt", model, weights)
+    monkeypatch.delenv("SEGFORMER_ENGINE")
     assert engines.default_engine(torch.device("cpu")) == "onnxruntime"
+    assert engines.default_engine(torch.device("cuda")) == "torch"
+    monkeypatch.setenv("SEGFORMER_ENGINE", "torch")
+    assert engines.default_engine(torch.device("cpu")) == "torch"
+    monkeypatch.setenv("SEGFORMER_ENGINE", "tensorrt")
+    with pytest.raises(ValueError, match="SEGFORMER_ENGINE=tensorrt"):
+        engines.default_engine(torch.device("cpu"))
 
 
 def test_cli_serve_runs_an_int8_onnx_file(exported):

@@ -70,8 +70,8 @@ def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else many or word + 's'}"
 
 
-def describe_protocol(segmenter: Segmenter) -> str:
-    """A short readable test protocol, e.g. ``"slide 1024×1024 windows, stride 768×768, scale 2048×1024"``."""
+def describe_segmenter(segmenter: Segmenter) -> str:
+    """Test protocol and engine in a few words, e.g. ``"slide 1024×1024 windows, stride 768×768, scale …; torch"``."""
     protocol = segmenter.protocol
     if protocol.mode == "slide":
         (ch, cw), (sh, sw) = protocol.crop, protocol.stride
@@ -83,7 +83,7 @@ def describe_protocol(segmenter: Segmenter) -> str:
         parts.append(f"sides rounded up to multiples of {protocol.size_divisor}")
     if segmenter.aug:
         parts.append(f"multi-scale {', '.join(f'{r:g}' for r in protocol.aug_ratios)}" + (" + flip" * protocol.flip))
-    return ", ".join(parts)
+    return ", ".join(parts) + ("; onnxruntime" if segmenter.engine is not None else "; torch")
 
 
 def missing_package_hint(error: ImportError) -> str | None:

@@ -18,7 +18,7 @@ from segformer.cli.common import (
     add_quiet_argument,
     add_threads_argument,
     apply_threads,
-    describe_protocol,
+    describe_segmenter,
     plural,
 )
 
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         if main_rank:
             print(format_table(results, dataset.classes))
             images = plural(len(subset), "image")
-            print(f"{images} of {dataset.name} {args.split} in {seconds:.1f} s ({describe_protocol(segmenter)})")
+            print(f"{images} of {dataset.name} {args.split} in {seconds:.1f} s ({describe_segmenter(segmenter)})")
             if args.show_dir:
                 print(f"wrote truth/prediction overlays to {args.show_dir}")
             if args.out:

@@ -26,7 +26,7 @@ from segformer.cli.common import (
     add_quiet_argument,
     add_threads_argument,
     apply_threads,
-    describe_protocol,
+    describe_segmenter,
     plural,
 )
 
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
             atomic_write(manifest, lambda tmp: Path(tmp).write_text(lines))
             skip_note = f"; skipped {plural(skipped, 'input')} with existing outputs" if skipped else ""
             maps = plural(written, "label map and overlay", "label maps and overlays")
-            print(f"wrote {maps} to {out} ({describe_protocol(segmenter)}){skip_note}; manifest {manifest}")
+            print(f"wrote {maps} to {out} ({describe_segmenter(segmenter)}){skip_note}; manifest {manifest}")
             if failed:
                 print(f"segformer predict: {failed} of {len(files)} images could not be read", file=sys.stderr)
     finally:
