@@ -159,7 +159,7 @@ def create_app(
     limits = limits or Limits()
     batcher = Batcher(predictor, max_batch, window, queue_size)
     metadata = predictor.metadata
-    default_mode = predictor.segmenters[None].mode
+    default_mode = predictor.segmenters[None].protocol.mode
 
     async def segment(request: Request) -> Response:
         start = time.perf_counter()
