@@ -34,9 +34,12 @@ from torch import nn
 from torch.utils import flop_counter
 
 from segformer.constants import IGNORE_INDEX
+from segformer.data import build_dataset, canonical_name
 from segformer.model import create_model
 from segformer.pretrained import from_pretrained
-from segformer.train import segmentation_loss
+from segformer.recipe import Recipe
+from segformer.train import recipe_transforms, segmentation_loss
+from segformer.training.data import build_train_loader
 
 HF_IMPLS = ("hf-eager", "hf-sdpa")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -355,3 +358,22 @@ def num_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def data_images_per_s(recipe: Recipe, workers: int, repeats: int = 10, warmup: int = 2) -> float:
+    """Images/s of the training input pipeline: ``recipe``'s dataset and augmentation through the train loader.
+
+    ``warmup`` batches (worker start-up) are not timed; then ``repeats`` batches of ``data.batch_size``.
+    """
+    data = recipe.data
+    dataset = build_dataset(canonical_name(data.dataset), data.root, "train", **data.options)
+    loader = build_train_loader(dataset, recipe_transforms(data), data.batch_size, seed=recipe.seed, workers=workers)
+    batches = iter(loader)
+    for _ in range(warmup):
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        next(batches)
+    seconds = time.perf_counter() - start
+    del batches  # stops the workers
+    return repeats * data.batch_size / seconds

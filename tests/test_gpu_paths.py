@@ -1,0 +1,119 @@
+"""The GPU-oriented paths, checked on the CPU: data-wait share, input-pipeline benchmark, recipe switches,
+fused AdamW, compiled training, and the inference options (dtype, compile, size buckets)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from importlib import resources
+
+import pytest
+import torch
+
+import segformer
+from reference import tiny_recipe
+from segformer.cli import main
+from segformer.data import write_synthetic
+from segformer.recipe import load_recipe, packaged_recipes
+from segformer.train import resolve_auto, train
+from segformer.training.data import TimedBatches
+from segformer.training.optim import build_optimizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("data"), num_train=4, num_val=2, size=(64, 64), seed=0)
+
+
+def test_data_wait_share_from_a_loader_stub_with_known_sleeps():
+    def loader():
+        while True:
+            time.sleep(0.05)  # the data arrives after 50 ms
+            yield "batch"
+
+    batches = TimedBatches(loader())
+    start = time.perf_counter()
+    for _ in range(4):
+        next(batches)
+        time.sleep(0.15)  # a 150 ms step: a quarter of the time is spent waiting
+    share = batches.take_share(time.perf_counter() - start)
+    assert 0.15 < share < 0.3
+    assert batches.take_share(1.0) == 0.0  # the sum starts again after each interval
+    next(batches)
+    assert 0.04 < batches.take_share(0.1) <= 1.0
+
+
+def test_benchmark_data_prints_positive_images_per_second(data_root, capsys):
+    argv = ["benchmark", "--data", "--dataset", "custom", "--data-root", str(data_root), "--recipe", "demo"]
+    assert main([*argv, "--workers", "0", "--batch-size", "2", "--repeats", "2", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    rate = float(re.search(r"input pipeline: ([0-9.]+) img/s", out).group(1))
+    assert rate > 0 and "batch 2, 0 workers" in out
+    assert main(["benchmark", "--data", "--dataset", "custom"]) == 1  # no --data-root
+    assert "--data needs --data-root" in capsys.readouterr().err
+
+
+def test_recipe_train_switches_are_written_out_and_validated():
+    for name in packaged_recipes():
+        text = (resources.files("segformer") / "recipes" / f"{name}.toml").read_text()
+        assert '[train]\ncompile = "auto"' in text and '\nchannels_last = "auto"' in text, name
+    recipe = load_recipe("demo", ["train.compile=true", "train.channels_last=false"])
+    assert (recipe.train.compile, recipe.train.channels_last) == (True, False)
+    with pytest.raises(ValueError, match=r'train.compile must be true, false or "auto"'):
+        load_recipe("demo", ["train.compile=yes"])
+    with pytest.raises(ValueError, match=r"train.channels_last: expected bool or str, got int 1"):
+        load_recipe("demo", ["train.channels_last=1"])
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert [resolve_auto(v, cpu) for v in ("auto", True, False)] == [False, True, False]
+    assert [resolve_auto(v, cuda) for v in ("auto", True, False)] == [True, True, False]
+
+
+def test_fused_adamw_equals_the_default_implementation():
+    """The trainer asks for fused=True on CUDA; torch also has the fused kernel on the CPU, so compare there."""
+    torch.manual_seed(0)
+    models = [segformer.create_model("b0", num_classes=3, drop_path_rate=0.0, decoder_dropout=0.0) for _ in "ab"]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [build_optimizer(m, lr=1e-3, fused=fused) for m, fused in zip(models, (None, True), strict=True)]
+    assert optimizers[1].defaults["fused"] and not optimizers[0].defaults["fused"]
+    initial = torch.cat([p.detach().flatten() for p in models[0].parameters()])
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):  # the same gradients for both (backpropagated ones would diverge where they are ~0)
+        grads = [torch.randn(p.shape, generator=generator) for p in models[0].parameters()]
+        for model, optimizer in zip(models, optimizers, strict=True):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    # AdamW moves each weight by about lr per step (3e-3 in all); the two kernels round differently
+    default, fused = (torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models)
+    assert (default - initial).abs().max() > 2e-3
+    torch.testing.assert_close(fused, default, atol=1e-5, rtol=0)
+
+
+def test_compiled_training_matches_eager_and_logs_the_data_wait(data_root, tmp_path, monkeypatch):
+    """train.compile = true for 2 iterations of the tiny recipe: the same losses as eager.
+
+    inductor's C++ build of even a tiny B0 takes over 100 s on this 2-core machine, so the compiled run uses
+    the aot_eager backend: the same Dynamo capture and AOTAutograd forward/backward graphs, without code generation.
+    """
+    compiled, torch_compile = [], torch.compile
+
+    def compile_aot_eager(model, **options):
+        compiled.append(model)
+        return torch_compile(model, backend="aot_eager")
+
+    losses = {}
+    for name, switch in (("eager", "false"), ("compiled", "true")):
+        recipe = tiny_recipe(data_root, {"schedule.iters": 2, "train.compile": switch})
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "compile", compile_aot_eager)
+            train(recipe, tmp_path / name, device="cpu", quiet=True)
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in records if "loss" in r]
+        assert all(0.0 <= r["data_wait"] <= 1.0 for r in records if "loss" in r)
+    torch._dynamo.reset()
+    assert len(compiled) == 1  # only the compile = true run compiled, once
+    assert len(losses["eager"]) == 2
+    torch.testing.assert_close(losses["compiled"], losses["eager"], atol=1e-4, rtol=1e-4)
