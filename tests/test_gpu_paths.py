@@ -3,18 +3,26 @@ fused AdamW, compiled training, and the inference options (dtype, compile, size 
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import time
 from importlib import resources
 
+import numpy as np
 import pytest
 import torch
 
 import segformer
 from reference import tiny_recipe
+from segformer.benchmark import Case, format_table, run_case
+from segformer.cli import eval as eval_cli
 from segformer.cli import main
+from segformer.cli import predict as predict_cli
+from segformer.cli.common import fast_path_options
+from segformer.config import TestProtocol
 from segformer.data import write_synthetic
+from segformer.inference import Segmenter, aligned_size, compiled_size, sliding_windows
 from segformer.recipe import load_recipe, packaged_recipes
 from segformer.train import resolve_auto, train
 from segformer.training.data import TimedBatches
@@ -117,3 +125,104 @@ def test_compiled_training_matches_eager_and_logs_the_data_wait(data_root, tmp_p
     assert len(compiled) == 1  # only the compile = true run compiled, once
     assert len(losses["eager"]) == 2
     torch.testing.assert_close(losses["compiled"], losses["eager"], atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------- inference options
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return segformer.create_model("b0", num_classes=5, drop_path_rate=0.0, decoder_dropout=0.0).eval()
+
+
+def test_compiled_sizes_are_the_aligned_ones():
+    assert compiled_size(512, 512) and compiled_size(1024, 2048) and compiled_size(32, 96)
+    assert not compiled_size(512, 683) and not compiled_size(500, 512) and not compiled_size(16, 32)
+    # AlignedResize (size_divisor 32) sizes and the slide windows of a 512 crop always qualify
+    for height, width in ((375, 500), (512, 683), (1, 1), (2048, 1023)):
+        assert compiled_size(*aligned_size(height, width, 32))
+    windows = sliding_windows(1024, 2048, (512, 512), (341, 341))
+    assert {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in windows} == {(512, 512)}
+
+
+def test_dtype_and_compile_options_and_cli_flags(small_model):
+    default = Segmenter(small_model, TestProtocol())
+    assert (default.amp_dtype, default.compiled, default.channels_last) == (None, None, False)  # CPU: eager fp32
+    assert Segmenter(small_model, TestProtocol(), dtype="bf16").amp_dtype is torch.bfloat16
+    assert "dtype=bf16" in repr(Segmenter(small_model, TestProtocol(), dtype="bf16"))
+    with pytest.warns(UserWarning, match="fp16 mixed precision needs a CUDA device"):
+        assert Segmenter(small_model, TestProtocol(), dtype="fp16").amp_dtype is None
+    with pytest.raises(ValueError, match="precision 'fp8': expected one of fp32, bf16, fp16"):
+        Segmenter(small_model, TestProtocol(), dtype="fp8")
+    for command in (predict_cli, eval_cli):
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        required = ["--weights", "w"] + (
+            ["--dataset", "ade20k", "--data-root", "d"] if command is eval_cli else ["x", "--out", "o"]
+        )
+        args = parser.parse_args([*required, "--dtype", "bf16", "--no-compile"])
+        assert fast_path_options(args) == {"dtype": "bf16", "compile": False}
+        assert fast_path_options(parser.parse_args(required)) == {"dtype": None, "compile": None}
+
+
+def aot_eager_compile(calls: list):
+    """torch.compile with the aot_eager backend (inductor's C++ build takes minutes here), counting the calls."""
+    torch_compile = torch.compile
+
+    def compile_(model, **options):
+        compiled = torch_compile(model, backend="aot_eager", dynamic=options.get("dynamic"))
+
+        def run(x):
+            calls.append(tuple(x.shape[-2:]))
+            return compiled(x)
+
+        return run
+
+    return compile_
+
+
+def test_opt_in_compile_on_cpu_equals_eager_and_serves_only_aligned_sizes(small_model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", aot_eager_compile(calls))
+    eager = Segmenter(small_model, TestProtocol(scale=None))
+    compiled = Segmenter(small_model, TestProtocol(scale=None), compile=True)
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled.network(x), eager.network(x), atol=1e-5, rtol=1e-5)
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(compiled.predict(image), eager.predict(image))
+    assert calls == [(64, 96), (64, 96)]
+    odd = image[:50, :70]  # not a multiple of 32: eager, never padded
+    np.testing.assert_array_equal(compiled.predict(odd), eager.predict(odd))
+    assert len(calls) == 2
+    torch._dynamo.reset()
+
+
+def test_a_failing_compile_falls_back_to_eager_with_one_warning(small_model, monkeypatch):
+    def broken(model, **options):
+        def run(x):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    segmenter = Segmenter(small_model, TestProtocol(scale=None), compile=True)
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError\): running the model eagerly") as caught:
+        first = segmenter.predict(image)
+        second = segmenter.predict(image)
+    assert len(caught) == 1 and segmenter.compiled is None
+    expected = Segmenter(small_model, TestProtocol(scale=None)).predict(image)
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(second, expected)
+
+
+def test_benchmark_fast_path_row_reports_agreement_with_fp32_eager():
+    case = Case(variant="b0", height=64, width=64, batch_size=1, num_classes=5)
+    results = run_case(case, repeats=1, warmup=0, memory=False, fast=True)
+    assert [r.impl for r in results] == ["ours", "ours-fast"]
+    assert results[0].agreement == results[1].agreement == 1.0  # on the CPU the default path is eager fp32
+    assert results[1].max_abs_diff < 1e-5
+    table = format_table(results)
+    assert "agree %" in table and "100.00" in table

@@ -37,6 +37,7 @@ from segformer.config import TestProtocol
 from segformer.constants import IGNORE_INDEX
 from segformer.data import SegmentationDataset, build_dataset, canonical_name
 from segformer.data.check import check_dataset
+from segformer.device import autocast_dtype
 from segformer.distributed import (
     Distributed,
     all_reduce_mean,
@@ -138,21 +139,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None (fp32) where the device lacks it, with a warning."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            warnings.warn(f"{device} does not support bf16: training in fp32", stacklevel=2)
-            return None
-        return torch.bfloat16
-    if device.type != "cuda":
-        warnings.warn(f"fp16 mixed precision needs a CUDA device, not {device}: training in fp32", stacklevel=2)
-        return None
-    return torch.float16
-
-
 def resolve_auto(value: bool | str, device: torch.device) -> bool:
     """A ``[train]`` switch of the recipe: true, false, or "auto" (on for CUDA, off elsewhere)."""
     return device.type == "cuda" if value == "auto" else bool(value)
@@ -247,8 +233,8 @@ def train_step(
 
 
 def evaluate_model(model: nn.Module, protocol: TestProtocol, dataset, progress: bool) -> dict:
-    """Metrics of ``model`` on ``dataset`` tested with ``protocol`` (leaves the model in eval mode)."""
-    return evaluate(Segmenter(model, protocol), dataset, progress=progress)
+    """Metrics of ``model`` on ``dataset`` tested with ``protocol`` in fp32, uncompiled (leaves it in eval mode)."""
+    return evaluate(Segmenter(model, protocol, dtype="fp32", compile=False), dataset, progress=progress)
 
 
 def build_datasets(recipe: Recipe) -> tuple[SegmentationDataset, SegmentationDataset]:

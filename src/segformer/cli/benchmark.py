@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="checkpoint to benchmark instead of random weights (sets variant)")
     parser.add_argument("--compare-hf", action="store_true", help="also run transformers' model, same weights")
     parser.add_argument("--train", action="store_true", help="time a training step (forward, backward, AdamW)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our model first")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile every model first (ours and transformers')"
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="also time our default device path (predict/eval's: bf16+compiled on CUDA)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     data = parser.add_argument_group("input pipeline (--data)")
     data.add_argument("--data", action="store_true", help="measure the training input pipeline's img/s instead")
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                     memory=not args.no_memory,
                     weights=args.weights,
                     threads=args.threads,
+                    fast=args.fast,
                 )
                 print(f"measured {case.label}", file=sys.stderr, flush=True)
     print(format_table(results))
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     print("peak MiB: rise during one step (CUDA: max_memory_allocated; CPU: peak RSS, fresh subprocess)")
     if args.compare_hf:
         print("speed-up: transformers' faster attention implementation / ours; max |Δ|: vs our logits")
+    print("agree %: logit pixels whose argmax equals our fp32 eager model's")
     return 0
 
 
