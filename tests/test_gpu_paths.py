@@ -4,10 +4,12 @@ fused AdamW, compiled training, and the inference options (dtype, compile, size 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import time
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +228,20 @@ def test_benchmark_fast_path_row_reports_agreement_with_fp32_eager():
     assert results[1].max_abs_diff < 1e-5
     table = format_table(results)
     assert "agree %" in table and "100.00" in table
+
+
+def test_end_to_end_summary_weights_the_intervals_after_the_first():
+    spec = importlib.util.spec_from_file_location(
+        "gpu_end_to_end", Path(__file__).parents[1] / "benchmarks" / "gpu_end_to_end.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    records = [
+        {"iter": 10, "sec_per_iter": 5.0, "data_wait": 0.9},  # compilation and worker start-up: left out
+        {"iter": 20, "sec_per_iter": 0.1, "data_wait": 0.5},
+        {"iter": 25, "mIoU": 0.1},
+        {"iter": 40, "sec_per_iter": 0.2, "data_wait": 0.0},
+    ]
+    rate, wait = module.summarize(records, batch_size=16)
+    # 10 iterations of 0.1 s and 20 of 0.2 s: 30 × 16 images in 5 s; 0.5 s waited
+    assert rate == pytest.approx(30 * 16 / 5.0) and wait == pytest.approx(0.5 / 5.0)
