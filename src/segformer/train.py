@@ -435,8 +435,7 @@ def train_loop(
     lr_schedule = {k: getattr(recipe.optim, k) for k in ("power", "min_lr", "warmup_iters", "warmup_ratio")}
     amp_dtype = autocast_dtype(recipe.precision, device)
     class_weights = class_weight_tensor(recipe, state.model.num_classes, device)
-    channels_last = resolve_auto(recipe.train.channels_last, device)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    layout = torch.channels_last if resolve_auto(recipe.train.channels_last, device) else torch.contiguous_format
     bar = progress_bar(
         total=schedule.iters, initial=state.iteration, desc="train", unit="it", quiet=run.quiet, disable=not run.is_main
     )
@@ -465,10 +464,7 @@ def train_loop(
             losses.append(loss)
             bar.update(1)
             if due(schedule.log_interval, done, schedule.iters):
-                elapsed = time.perf_counter() - tic
-                data_wait = batches.take_share(elapsed)
-                record = {"loss": sum(losses) / len(losses), "lr": lr, "sec_per_iter": elapsed / len(losses)}
-                run.log.log({"iter": done, **record, "data_wait": data_wait})
+                data_wait = log_interval(run, batches, losses, lr, done, time.perf_counter() - tic)
                 losses, tic = [], time.perf_counter()
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", data_wait=f"{data_wait:.0%}")
             if due(schedule.val_interval, done, schedule.iters):
@@ -480,6 +476,14 @@ def train_loop(
             save_last(run, state)
         raise TrainingInterrupted(run.dir, run.checkpoint_iteration)
     return metrics
+
+
+def log_interval(run: Run, batches: TimedBatches, losses: list[float], lr: float, done: int, elapsed: float) -> float:
+    """Log the interval's mean loss, lr, seconds per iteration and data-wait share; return the share."""
+    data_wait = batches.take_share(elapsed)
+    mean = sum(losses) / len(losses)
+    run.log.log({"iter": done, "loss": mean, "lr": lr, "sec_per_iter": elapsed / len(losses), "data_wait": data_wait})
+    return data_wait
 
 
 def check_finite(run: Run, loss: float, done: int) -> None:
