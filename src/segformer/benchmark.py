@@ -11,6 +11,10 @@ processes hits all of them alike, and the latency is the median over rounds afte
   allocated before it; on CPU the rise of the peak resident set size (``VmHWM``) over the RSS
   before the step, in a fresh subprocess per model and case, after a warm-up step on a small
   input (Linux: the peak is reset to the current RSS through ``/proc/self/clear_refs``).
+* ``ours-fast`` (``--fast``): our model through ``Segmenter.network``, the default device path of predict and
+  eval (CUDA: bf16 unless ``--dtype`` says otherwise, channels-last, compiled with CUDA graphs; CPU: eager), and
+  for a training step the trainer's (compiled on CUDA, fused AdamW). ``agree %``: the share of logit pixels
+  whose argmax equals our fp32 eager model's.
 * transformers' model (``--compare-hf``) is ``SegformerForSemanticSegmentation`` loaded from our
   weights saved in its layout, with ``attn_implementation`` "eager" and "sdpa". Our model is then
   built with ``layer_norm_eps=1e-5`` (transformers' value) so that outputs are comparable.
@@ -33,10 +37,15 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
+from segformer.config import TestProtocol
 from segformer.constants import IGNORE_INDEX
+from segformer.data import build_dataset, canonical_name
+from segformer.inference import Segmenter
 from segformer.model import create_model
 from segformer.pretrained import from_pretrained
-from segformer.train import segmentation_loss
+from segformer.recipe import Recipe
+from segformer.train import recipe_transforms, segmentation_loss
+from segformer.training.data import build_train_loader
 
 HF_IMPLS = ("hf-eager", "hf-sdpa")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -73,6 +82,7 @@ class Result:
     latencies_s: list[float]
     peak_mib: float | None = None
     max_abs_diff: float | None = None  # vs our model's output on the same input
+    agreement: float | None = None  # share of argmax labels equal to our fp32 eager model's
     speedup: float | None = None  # best transformers latency / this latency (ours only)
 
     @property
@@ -101,25 +111,48 @@ def save_weights(case: Case, directory: Path, weights: str | None = None, seed: 
     return directory
 
 
+class FastPath(nn.Module):
+    """Our model as predict and eval run it on the case's device (``Segmenter.network``), in the case's dtype."""
+
+    def __init__(self, model: nn.Module, case: Case) -> None:
+        super().__init__()
+        self.model = model.to(case.device)
+        self.segmenter = Segmenter(
+            model, TestProtocol(), dtype=case.dtype, compile=case.compile or None
+        )  # protocol unused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmenter.network(x)
+
+
 def load_model(impl: str, directory: Path, case: Case, compare_hf: bool) -> nn.Module:
-    """Our model or transformers' (``impl``), on the case's device, in train or eval mode."""
-    if impl == "ours":
+    """Our model (``ours``, ``ours-fast``) or transformers' (``impl``), on the case's device, in train or eval mode."""
+    if impl.startswith("ours"):
         options = {"layer_norm_eps": 1e-5} if compare_hf else {}
         model = from_pretrained(directory / "ours", **options)
+        if impl == "ours-fast":
+            return fast_model(model, case)
     else:
         from transformers import SegformerForSemanticSegmentation  # optional, and slow to import: only for --compare-hf
 
         attention = impl.removeprefix("hf-")
         model = SegformerForSemanticSegmentation.from_pretrained(directory / "hf", attn_implementation=attention)
     model = model.to(case.device).train(case.train)
-    if case.compile and impl == "ours":
-        model = torch.compile(model)
-    return model
+    return torch.compile(model) if case.compile else model
+
+
+def fast_model(model: nn.Module, case: Case) -> nn.Module:
+    """``ours-fast``: the Segmenter's device path for inference; for training, compiled as the trainer does on CUDA."""
+    model = model.to(case.device).train(case.train)
+    if not case.train:
+        return FastPath(model, case)
+    compiled = case.compile or torch.device(case.device).type == "cuda"
+    return torch.compile(model) if compiled else model
 
 
 def logits_of(model: nn.Module, impl: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model as pixels → logits (transformers returns an output object)."""
-    if impl == "ours":
+    if impl.startswith("ours"):
         return model
     return lambda x: model(pixel_values=x).logits
 
@@ -150,7 +183,8 @@ def make_step(model: nn.Module, impl: str, case: Case, x: torch.Tensor, labels: 
                 forward(x)
 
         return infer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
+    fused = True if impl == "ours-fast" and torch.device(case.device).type == "cuda" else None  # as the trainer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01, fused=fused)
 
     def train() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -279,9 +313,11 @@ def run_case(
     memory: bool = True,
     weights: str | None = None,
     threads: int | None = None,
+    fast: bool = False,
 ) -> list[Result]:
-    """Measure our model (and transformers' two attention implementations) on one case."""
-    impls = ["ours", *(HF_IMPLS if compare_hf else ())]
+    """Measure our model (its default device path too with ``fast``, and transformers' two attention
+    implementations with ``compare_hf``) on one case."""
+    impls = ["ours", *(["ours-fast"] if fast else ()), *(HF_IMPLS if compare_hf else ())]
     with tempfile.TemporaryDirectory(prefix="segformer-bench-") as tmp:
         directory = save_weights(case, Path(tmp), weights)
         if weights is not None:  # the checkpoint decides the variant and classes
@@ -290,7 +326,10 @@ def run_case(
         x, labels = make_inputs(case)
         models = {impl: load_model(impl, directory, case, compare_hf) for impl in impls}
         reference = output_of(models["ours"], "ours", case, x)
-        diffs = {impl: (output_of(m, impl, case, x) - reference).abs().max().item() for impl, m in models.items()}
+        outputs = {impl: output_of(m, impl, case, x) for impl, m in models.items()}
+        diffs = {impl: (output - reference).abs().max().item() for impl, output in outputs.items()}
+        labels_fp32 = output_of(uncompiled(models["ours"]), "ours", replace(case, dtype="fp32"), x).argmax(1)
+        agreement = {impl: (output.argmax(1) == labels_fp32).float().mean().item() for impl, output in outputs.items()}
         steps = {impl: make_step(m, impl, case, x, labels) for impl, m in models.items()}
         times = time_interleaved(steps, case.device, repeats, warmup)
         results = []
@@ -300,9 +339,10 @@ def run_case(
                     case=case,
                     impl=impl,
                     params_m=sum(p.numel() for p in model.parameters()) / 1e6,
-                    gmacs=count_gmacs(make_step(getattr(model, "_orig_mod", model), impl, case, x, labels)),
+                    gmacs=count_gmacs(make_step(uncompiled(model), impl, case, x, labels)),
                     latencies_s=times[impl],
                     max_abs_diff=diffs[impl] if impl != "ours" else None,
+                    agreement=agreement[impl],
                 )
             )
         del models, steps
@@ -310,9 +350,17 @@ def run_case(
             for result in results:
                 result.peak_mib = peak_memory_mib(result.impl, directory, case, compare_hf, threads)
     if compare_hf:
-        best = min(r.latency_ms for r in results if r.impl != "ours")
-        results[0].speedup = best / results[0].latency_ms
+        best = min(r.latency_ms for r in results if r.impl in HF_IMPLS)
+        for result in results:
+            result.speedup = best / result.latency_ms if result.impl.startswith("ours") else None
     return results
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The eager module behind a compiled one (FlopCounterMode counts eager operations)."""
+    if isinstance(model, FastPath):
+        return model.model
+    return getattr(model, "_orig_mod", model)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -321,11 +369,11 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def format_table(results: list[Result]) -> str:
     """An aligned text table, one row per model and case."""
-    header = ("case", "model", "params M", "GMACs", "latency ms", "img/s", "peak MiB", "speed-up", "max |Δ|")
+    header = ("case", "model", "params M", "GMACs", "latency ms", "img/s", "peak MiB", "speed-up", "max |Δ|", "agree %")
     rows = [
         (
             r.case.label,
-            r.impl + (" (compiled)" if r.case.compile and r.impl == "ours" else ""),
+            r.impl + (" (compiled)" if r.case.compile else ""),
             f"{r.params_m:.2f}",
             f"{r.gmacs:.2f}",
             f"{r.latency_ms:.1f}",
@@ -333,6 +381,7 @@ def format_table(results: list[Result]) -> str:
             _fmt(r.peak_mib, ".0f"),
             _fmt(r.speedup, ".2f") + ("×" if r.speedup is not None else ""),
             _fmt(r.max_abs_diff, ".1e"),
+            _fmt(None if r.agreement is None else 100 * r.agreement, ".2f"),
         )
         for r in results
     ]
@@ -355,3 +404,22 @@ def num_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def data_images_per_s(recipe: Recipe, workers: int, repeats: int = 10, warmup: int = 2) -> float:
+    """Images/s of the training input pipeline: ``recipe``'s dataset and augmentation through the train loader.
+
+    ``warmup`` batches (worker start-up) are not timed; then ``repeats`` batches of ``data.batch_size``.
+    """
+    data = recipe.data
+    dataset = build_dataset(canonical_name(data.dataset), data.root, "train", **data.options)
+    loader = build_train_loader(dataset, recipe_transforms(data), data.batch_size, seed=recipe.seed, workers=workers)
+    batches = iter(loader)
+    for _ in range(warmup):
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        next(batches)
+    seconds = time.perf_counter() - start
+    del batches  # stops the workers
+    return repeats * data.batch_size / seconds

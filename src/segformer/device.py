@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of each precision name
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -31,3 +35,19 @@ def resolve_device(name: str | None = None) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"--device {name}: unsupported device type {device.type!r} (expected cpu, cuda or mps)")
     return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` ("fp32", "bf16", "fp16") on ``device``; None means fp32.
+
+    Where the device lacks it (bf16 on an older GPU, fp16 off CUDA), one warning and fp32.
+    """
+    if precision not in DTYPES:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(DTYPES)}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        warnings.warn(f"{device} does not support bf16: running in fp32", stacklevel=2)
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        warnings.warn(f"fp16 mixed precision needs a CUDA device, not {device}: running in fp32", stacklevel=2)
+        return None
+    return DTYPES[precision]

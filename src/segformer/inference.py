@@ -25,6 +25,13 @@ the dataset's test pipeline (``mmseg/datasets/pipelines/transforms.py``, ``test_
 Images smaller than ``MIN_INPUT_SIZE`` on a side (after resizing; the official code has no such case) are padded
 at the bottom and right with zeros after normalisation (the mean colour) and the logits cropped back.
 
+On CUDA the network runs fast by default: bf16 autocast (``dtype``; fp16 or fp32 on request), channels-last
+input, and ``torch.compile`` with CUDA graphs (``COMPILE_MODE``), compiled once per Segmenter. A compiled graph
+serves one input size, so only sizes that are multiples of 32 go through it (``compiled_size``): every size under
+``AlignedResize`` (ADE20K), every slide window of a 512 or 1024 crop, Cityscapes' 1024×2048; a few graphs then
+serve a whole dataset. Other sizes run eagerly: padding them would change the logits, since MiT's attention is
+global. The logits are returned in float32 whatever the dtype. On the CPU the default is today's eager fp32.
+
 Resizing the scores to the original size is done in row tiles (``resize_rows``), so ``predict`` on a huge image
 never builds the full-resolution K×H×W scores when only labels are needed.
 """
@@ -46,10 +53,14 @@ from torch import nn
 
 from segformer.config import TestProtocol
 from segformer.data import DATASETS, canonical_name, read_image
+from segformer.device import autocast_dtype
 from segformer.model import MIN_INPUT_SIZE
 from segformer.transforms import normalize_image, rescale_size, resize_image
 
 ImageInput = str | Path | Image.Image | np.ndarray
+COMPILE_MODE = {"cuda": "reduce-overhead"}  # torch.compile mode per device type: CUDA graphs where shapes repeat
+DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+COMPILE_MULTIPLE = 32  # input sides that are multiples of this run through the compiled graphs
 # TestProtocol fields that Segmenter's keyword arguments (and the CLI flags) may replace.
 OVERRIDES = ("mode", "scale", "crop", "stride", "size_divisor", "aug_ratios", "flip")
 
@@ -80,6 +91,26 @@ def resize_for_test(image: np.ndarray, protocol: TestProtocol, ratio: float = 1.
     if protocol.size_divisor is not None:
         image = resize_image(image, aligned_size(*size, protocol.size_divisor))
     return image
+
+
+def compiled_size(height: int, width: int, multiple: int = COMPILE_MULTIPLE) -> bool:
+    """Whether a ``height`` × ``width`` input runs through the compiled graphs: both sides multiples of ``multiple``.
+
+    Sizes are never padded to a multiple (that would change the logits); protocols that align sizes already
+    (``AlignedResize``, slide windows, 1024×2048) keep the number of distinct sizes, hence graphs, small.
+    """
+    return height % multiple == 0 and width % multiple == 0
+
+
+def inference_dtype(dtype: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``dtype`` ("fp32", "bf16", "fp16") on ``device``; None = fp32.
+
+    Default (None): bf16 on a CUDA GPU that supports it, else fp32.
+    """
+    if dtype is None:
+        fast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if fast else None
+    return autocast_dtype(dtype, device)
 
 
 def sliding_windows(
@@ -139,6 +170,9 @@ class Segmenter:
         device: where to run; default the model's device (the model is moved there when given).
         max_elements: largest B×K×rows×W block of full-resolution scores built at once; ``predict``
             resizes and takes the argmax tile by tile when the full scores would be larger.
+        dtype: "fp32", "bf16" or "fp16" autocast of the network; default bf16 on CUDA (when supported), else fp32.
+        compile: ``torch.compile`` the model (once, on first use); default on for CUDA, off elsewhere. Where
+            compilation fails, one warning and the eager model.
         **overrides: protocol fields to replace (mode, scale, crop, stride, size_divisor, aug_ratios, flip);
             None leaves a field as it is, so CLI flags can be passed as they are.
     """
@@ -152,6 +186,8 @@ class Segmenter:
         engine: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: str | torch.device | None = None,
         max_elements: int = 1 << 26,
+        dtype: str | None = None,
+        compile: bool | None = None,
         **overrides: Any,
     ) -> None:
         unknown = sorted(set(overrides) - set(OVERRIDES))
@@ -176,6 +212,14 @@ class Segmenter:
         self.max_elements = max_elements
         self.ratios = self.protocol.aug_ratios if self.aug else (1.0,)
         self.flips = (False, True) if self.aug and self.protocol.flip else (False,)
+        self.amp_dtype = inference_dtype(dtype, self.device)
+        self.channels_last = self.device.type == "cuda"
+        compile = self.device.type == "cuda" if compile is None else compile
+        runs_model = engine is None and isinstance(model, nn.Module)
+        mode = COMPILE_MODE.get(self.device.type)
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = (
+            torch.compile(model, mode=mode, dynamic=False) if compile and runs_model else None
+        )
 
     @classmethod
     def for_dataset(cls, model: nn.Module, name: str, aug: bool = False, **overrides: Any) -> Segmenter:
@@ -195,6 +239,10 @@ class Segmenter:
             parts.append(f"crop={p.crop}, stride={p.stride}")
         if self.aug:
             parts.append(f"aug_ratios={list(self.ratios)}, flip={len(self.flips) == 2}")
+        if self.amp_dtype is not None:
+            parts.append(f"dtype={DTYPE_NAMES[self.amp_dtype]}")
+        if self.compiled is not None:
+            parts.append("compiled")
         return f"Segmenter({', '.join(parts)}, device={self.device})"
 
     # --- public API -----------------------------------------------------------------------------
@@ -291,9 +339,27 @@ class Segmenter:
         height, width = x.shape[-2:]
         pad_h, pad_w = max(MIN_INPUT_SIZE - height, 0), max(MIN_INPUT_SIZE - width, 0)
         padded = F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
-        logits = (self.engine or self.model)(padded)
+        logits = self.network(padded)
         logits = F.interpolate(logits, padded.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
+
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of a normalised B×3×H×W batch: the engine's, or the model's in the Segmenter's dtype,
+        channels-last on CUDA and compiled for aligned sizes (``compiled_size``). No resizing or padding."""
+        if self.engine is not None:
+            return self.engine(x)
+        if self.channels_last:  # CUDA only: cuDNN's fast convolution layout
+            x = x.contiguous(memory_format=torch.channels_last)
+        compiled = self.compiled is not None and compiled_size(*x.shape[-2:])
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            if not compiled:
+                return self.model(x).float()
+            try:
+                return self.compiled(x).float()
+            except Exception as error:  # no compiler, an unsupported backend …: run eagerly
+                warnings.warn(f"torch.compile failed ({type(error).__name__}): running the model eagerly", stacklevel=2)
+                self.compiled = None
+                return self.model(x).float()
 
     def _slide(self, x: torch.Tensor) -> torch.Tensor:
         """mmseg ``slide_inference``: window logits resized to their window, overlaps averaged."""

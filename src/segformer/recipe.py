@@ -1,15 +1,17 @@
 """Training recipes: flat TOML files where every value is written out, plus ``--set key=value`` overrides.
 
 A recipe has top-level keys (``seed``, ``precision``, ``accumulate``, ``clip_grad``) and the sections
-``model``, ``data``, ``optim``, ``schedule`` and ``loss``; the dataclasses below list every key and its
-type. Every key must be present (no defaults, no inheritance), so a recipe file shows the whole
-setting. The packaged recipes (``segformer/recipes/*.toml``) are loaded by name, e.g. "ade20k-b0".
+``model``, ``data``, ``optim``, ``schedule``, ``loss`` and ``train`` (how the steps run: compile, memory
+layout); the dataclasses below list every key and its type. Every key must be present (no defaults, no
+inheritance), so a recipe file shows the whole setting. The packaged recipes (``segformer/recipes/*.toml``)
+are loaded by name, e.g. "ade20k-b0".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
 import typing
 from dataclasses import dataclass
 from importlib import resources
@@ -70,6 +72,12 @@ class LossRecipe:
 
 
 @dataclass
+class TrainRecipe:
+    compile: bool | str  # torch.compile the model: true, false or "auto" (on for CUDA, off elsewhere)
+    channels_last: bool | str  # feed the images in channels-last layout: true, false or "auto" (CUDA only)
+
+
+@dataclass
 class Recipe:
     seed: int
     precision: str  # "fp32", "bf16" or "fp16" (fp16 uses a GradScaler); falls back to fp32 where unsupported
@@ -80,6 +88,7 @@ class Recipe:
     optim: OptimRecipe
     schedule: ScheduleRecipe
     loss: LossRecipe
+    train: TrainRecipe
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +105,12 @@ def _section_types() -> dict[str, type]:
 def _check(value: object, hint: object, where: str) -> object:
     """Return ``value`` as type ``hint`` (int accepted for float), or raise ValueError naming ``where``."""
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if not any(isinstance(value, option) for option in options):
+            expected = " or ".join(option.__name__ for option in options)
+            raise ValueError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
+        return value
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -153,6 +168,8 @@ def check_recipe(recipe: Recipe, source: str) -> Recipe:
     for key in ("val_interval", "ckpt_interval", "log_interval"):
         need(getattr(recipe.schedule, key) >= 0, f"schedule.{key}", ">= 0")
     need(recipe.model.num_classes >= 0, "model.num_classes", ">= 0 (0 = from the dataset)")
+    for key in ("compile", "channels_last"):
+        need(getattr(recipe.train, key) in (True, False, "auto"), f"train.{key}", 'true, false or "auto"')
     return recipe
 
 

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from segformer.config import TestProtocol
 from segformer.constants import IGNORE_INDEX
 from segformer.data import SegmentationDataset, build_dataset, canonical_name
 from segformer.data.check import check_dataset
+from segformer.device import autocast_dtype
 from segformer.distributed import (
     Distributed,
     all_reduce_mean,
@@ -52,9 +53,9 @@ from segformer.metrics import format_table
 from segformer.model import SegFormer, create_model
 from segformer.pretrained import from_pretrained
 from segformer.progress import progress_bar
-from segformer.recipe import Recipe, dump_recipe
+from segformer.recipe import DataRecipe, Recipe, dump_recipe
 from segformer.training.checkpoint import load_checkpoint, previous_path, save_checkpoint
-from segformer.training.data import build_train_loader
+from segformer.training.data import TimedBatches, build_train_loader
 from segformer.training.optim import build_optimizer, set_lr
 from segformer.training.runlog import RunLog
 from segformer.training.state import TrainState
@@ -138,19 +139,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None (fp32) where the device lacks it, with a warning."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            warnings.warn(f"{device} does not support bf16: training in fp32", stacklevel=2)
-            return None
-        return torch.bfloat16
-    if device.type != "cuda":
-        warnings.warn(f"fp16 mixed precision needs a CUDA device, not {device}: training in fp32", stacklevel=2)
-        return None
-    return torch.float16
+def resolve_auto(value: bool | str, device: torch.device) -> bool:
+    """A ``[train]`` switch of the recipe: true, false, or "auto" (on for CUDA, off elsewhere)."""
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def forward_module(recipe: Recipe, model: nn.Module, device: torch.device) -> nn.Module:
+    """What the training steps call: ``model``, compiled (``torch.compile``) when ``train.compile`` says so.
+
+    The compiled module shares ``model``'s parameters, so checkpoints and validation use ``model`` itself.
+    """
+    return torch.compile(model) if resolve_auto(recipe.train.compile, device) else model
 
 
 def recipe_protocol(recipe: Recipe, dataset: SegmentationDataset) -> TestProtocol:
@@ -205,15 +204,17 @@ def train_step(
     amp_dtype: torch.dtype | None = None,
     clip_grad: float = 0.0,
     class_weights: torch.Tensor | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """One optimiser step over ``batches`` (gradient accumulation); returns their mean loss (detached).
 
-    Under DDP the gradients are all-reduced only after the last micro-batch.
+    Under DDP the gradients are all-reduced only after the last micro-batch. The images are moved to
+    ``device`` in ``memory_format`` (channels-last lets cuDNN skip layout conversions).
     """
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
     for i, (images, masks) in enumerate(batches):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
         masks = masks.to(device, non_blocking=True)
         last = i == len(batches) - 1
         no_sync = isinstance(model, DistributedDataParallel) and not last
@@ -232,8 +233,8 @@ def train_step(
 
 
 def evaluate_model(model: nn.Module, protocol: TestProtocol, dataset, progress: bool) -> dict:
-    """Metrics of ``model`` on ``dataset`` tested with ``protocol`` (leaves the model in eval mode)."""
-    return evaluate(Segmenter(model, protocol), dataset, progress=progress)
+    """Metrics of ``model`` on ``dataset`` tested with ``protocol`` in fp32, uncompiled (leaves it in eval mode)."""
+    return evaluate(Segmenter(model, protocol, dtype="fp32", compile=False), dataset, progress=progress)
 
 
 def build_datasets(recipe: Recipe) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -317,7 +318,8 @@ def build_state(run: Run, model: SegFormer, saved: dict | None, source: Path) ->
         model.decode_head = convert_sync_batchnorm(model.decode_head, dist_info.device)
     seed_everything(recipe.seed + dist_info.rank)  # the same initial weights on every rank, then per-rank randomness
     optim = recipe.optim
-    optimizer = build_optimizer(model, optim.lr, tuple(optim.betas), optim.weight_decay, optim.head_lr_mult)
+    fused = True if dist_info.device.type == "cuda" else None  # fused AdamW: one kernel per step on CUDA
+    optimizer = build_optimizer(model, optim.lr, tuple(optim.betas), optim.weight_decay, optim.head_lr_mult, fused)
     amp_dtype = autocast_dtype(recipe.precision, dist_info.device)
     scaler = torch.amp.GradScaler(dist_info.device.type, enabled=amp_dtype == torch.float16)
     state = TrainState(model, optimizer, scaler, world_size=dist_info.world_size, rank=dist_info.rank)
@@ -419,30 +421,40 @@ def train_loop(
     run: Run,
     state: TrainState,
     ddp_model: nn.Module,
-    batches: Iterator,
+    batches: TimedBatches,
     val_set: SegmentationDataset,
     stop: StopRequest,
 ) -> dict | None:
     """Iterations ``state.iteration + 1`` … ``schedule.iters``; returns the last validation metrics.
 
-    Each iteration: set the lr, step, log; validate and keep the best, save ``last.pt`` when due; stop
+    Each iteration: set the lr, step, log (with ``data_wait``, the share of the logged interval spent
+    waiting for the next batch); validate and keep the best, save ``last.pt`` when due; stop
     (after saving the last finished iteration) once Ctrl-C was pressed on any process.
     """
     recipe, schedule, device = run.recipe, run.recipe.schedule, run.dist_info.device
     lr_schedule = {k: getattr(recipe.optim, k) for k in ("power", "min_lr", "warmup_iters", "warmup_ratio")}
     amp_dtype = autocast_dtype(recipe.precision, device)
     class_weights = class_weight_tensor(recipe, state.model.num_classes, device)
+    layout = torch.channels_last if resolve_auto(recipe.train.channels_last, device) else torch.contiguous_format
     bar = progress_bar(
         total=schedule.iters, initial=state.iteration, desc="train", unit="it", quiet=run.quiet, disable=not run.is_main
     )
-    losses, metrics, tic = [], None, time.perf_counter()
+    losses, metrics, tic, data_wait = [], None, time.perf_counter(), 0.0
     with bar:
         while state.iteration < schedule.iters and not any_process(stop.requested, device):
             state.model.train()  # the loop owns the mode: validation leaves the model in eval mode
             lr = set_lr(state.optimizer, state.iteration, schedule.iters, **lr_schedule)
             step = [next(batches) for _ in range(recipe.accumulate)]
             loss = train_step(
-                ddp_model, step, state.optimizer, state.scaler, device, amp_dtype, recipe.clip_grad, class_weights
+                ddp_model,
+                step,
+                state.optimizer,
+                state.scaler,
+                device,
+                amp_dtype,
+                recipe.clip_grad,
+                class_weights,
+                layout,
             )
             loss = all_reduce_mean(loss).item()
             state.iteration += 1
@@ -451,11 +463,10 @@ def train_loop(
             check_finite(run, loss, done)
             losses.append(loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
             if due(schedule.log_interval, done, schedule.iters):
-                seconds = (time.perf_counter() - tic) / len(losses)
-                run.log.log({"iter": done, "loss": sum(losses) / len(losses), "lr": lr, "sec_per_iter": seconds})
+                data_wait = log_interval(run, batches, losses, lr, done, time.perf_counter() - tic)
                 losses, tic = [], time.perf_counter()
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", data_wait=f"{data_wait:.0%}")
             if due(schedule.val_interval, done, schedule.iters):
                 metrics = validate_and_keep_best(run, state, val_set, bar)
             if due(schedule.ckpt_interval, done, schedule.iters):
@@ -465,6 +476,14 @@ def train_loop(
             save_last(run, state)
         raise TrainingInterrupted(run.dir, run.checkpoint_iteration)
     return metrics
+
+
+def log_interval(run: Run, batches: TimedBatches, losses: list[float], lr: float, done: int, elapsed: float) -> float:
+    """Log the interval's mean loss, lr, seconds per iteration and data-wait share; return the share."""
+    data_wait = batches.take_share(elapsed)
+    mean = sum(losses) / len(losses)
+    run.log.log({"iter": done, "loss": mean, "lr": lr, "sec_per_iter": elapsed / len(losses), "data_wait": data_wait})
+    return data_wait
 
 
 def check_finite(run: Run, loss: float, done: int) -> None:
@@ -542,10 +561,10 @@ def _train(
     if resume:
         discard_newer_last(run, checkpoint)
     run.log = RunLog(run_dir, run.is_main, state.iteration if resume else None)
-    ddp_model = state.model
+    ddp_model = forward_module(recipe, state.model, dist_info.device)
     if dist_info.world_size > 1:
         device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-        ddp_model = DistributedDataParallel(state.model, device_ids=device_ids)
+        ddp_model = DistributedDataParallel(ddp_model, device_ids=device_ids)
     batches, workers = train_batches(run, train_set, state.micro_batches)
     announce(run, train_set, workers, resume, state.iteration)
     # the loop, with validation, best tracking and saving
@@ -561,16 +580,20 @@ def _train(
     return finish(run, state, metrics)
 
 
-def train_batches(run: Run, train_set: SegmentationDataset, start: int) -> tuple[Iterator, str]:
-    """The endless augmented micro-batches of this rank from micro-batch ``start``, and the workers' description."""
-    data, dist_info = run.recipe.data, run.dist_info
-    transform = train_transforms(
+def recipe_transforms(data: DataRecipe) -> Callable:
+    """The training augmentation of ``recipe.data`` (``segformer.transforms.train_transforms``)."""
+    return train_transforms(
         data.crop, data.scale, data.ratio_range, data.cat_max_ratio, data.flip_prob, data.photometric
     )
+
+
+def train_batches(run: Run, train_set: SegmentationDataset, start: int) -> tuple[TimedBatches, str]:
+    """The endless augmented micro-batches of this rank from micro-batch ``start``, and the workers' description."""
+    data, dist_info = run.recipe.data, run.dist_info
     workers, description = data_workers(data.workers)
     loader = build_train_loader(
         train_set,
-        transform,
+        recipe_transforms(data),
         data.batch_size,
         seed=run.recipe.seed,
         rank=dist_info.rank,
@@ -579,7 +602,7 @@ def train_batches(run: Run, train_set: SegmentationDataset, start: int) -> tuple
         workers=workers,
         pin_memory=dist_info.device.type == "cuda",
     )
-    return iter(loader), description
+    return TimedBatches(iter(loader)), description
 
 
 def finish(run: Run, state: TrainState, metrics: dict | None) -> dict:

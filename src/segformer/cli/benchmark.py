@@ -20,7 +20,7 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", default=["b0"], choices=list(VARIANTS), help="default: b0")
     parser.add_argument("--sizes", nargs="+", type=_size, default=[(512, 512)], help="HxW … (default: 512x512)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per step (default: 1)")
+    parser.add_argument("--batch-size", type=int, help="images per step (default: 1; --data: the recipe's)")
     add_device_argument(parser, default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per model (default: 10)")
@@ -30,8 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="checkpoint to benchmark instead of random weights (sets variant)")
     parser.add_argument("--compare-hf", action="store_true", help="also run transformers' model, same weights")
     parser.add_argument("--train", action="store_true", help="time a training step (forward, backward, AdamW)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our model first")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile every model first (ours and transformers')"
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="also time our default device path (predict/eval's: bf16+compiled on CUDA)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    data = parser.add_argument_group("input pipeline (--data)")
+    data.add_argument("--data", action="store_true", help="measure the training input pipeline's img/s instead")
+    data.add_argument("--dataset", help="dataset name (default: the recipe's)")
+    data.add_argument("--data-root", help="dataset folder")
+    data.add_argument("--workers", type=int, help="loader worker processes (default: the recipe's data.workers)")
+    data.add_argument("--recipe", help="recipe whose augmentation runs (default: DATASET-b0 if packaged, else custom)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
     from segformer.benchmark import Case, format_table, num_threads, run_case
     from segformer.device import resolve_device
 
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
+    if (args.batch_size is not None and args.batch_size < 1) or args.repeats < 1 or args.warmup < 0:
         raise ValueError("--batch-size and --repeats must be >= 1 and --warmup >= 0")
+    if args.data:
+        return run_data(args)
+    args.batch_size = args.batch_size or 1
     resolve_device(args.device)
     if args.compare_hf:
         import transformers  # noqa: F401  (fail before measuring: main turns a missing package into its pip hint)
@@ -69,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                     memory=not args.no_memory,
                     weights=args.weights,
                     threads=args.threads,
+                    fast=args.fast,
                 )
                 print(f"measured {case.label}", file=sys.stderr, flush=True)
     print(format_table(results))
@@ -77,4 +92,44 @@ def run(args: argparse.Namespace) -> int:
     print("peak MiB: rise during one step (CUDA: max_memory_allocated; CPU: peak RSS, fresh subprocess)")
     if args.compare_hf:
         print("speed-up: transformers' faster attention implementation / ours; max |Δ|: vs our logits")
+    print("agree %: logit pixels whose argmax equals our fp32 eager model's")
+    return 0
+
+
+def data_recipe(args: argparse.Namespace):
+    """The recipe ``--data`` runs: ``--recipe`` (or the dataset's B0 recipe, else custom) with the flags applied."""
+    from segformer.data import canonical_name
+    from segformer.recipe import load_recipe, packaged_recipes
+
+    if not args.data_root:
+        raise ValueError("--data needs --data-root DIR (the dataset folder)")
+    name = args.recipe
+    if name is None:
+        if not args.dataset:
+            raise ValueError("--data needs --dataset NAME or --recipe R")
+        name = f"{canonical_name(args.dataset)}-b0"
+        name = name if name in packaged_recipes() else "custom"
+    recipe = load_recipe(name)
+    recipe.data.dataset = args.dataset or recipe.data.dataset
+    recipe.data.root = args.data_root
+    recipe.data.batch_size = args.batch_size or recipe.data.batch_size
+    if args.workers is not None:
+        if args.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        recipe.data.workers = args.workers
+    return recipe, name
+
+
+def run_data(args: argparse.Namespace) -> int:
+    """``--data``: images/s of the training input pipeline with N workers."""
+    from segformer.benchmark import data_images_per_s
+
+    recipe, name = data_recipe(args)
+    data = recipe.data
+    rate = data_images_per_s(recipe, data.workers, args.repeats, args.warmup)
+    print(
+        f"input pipeline: {rate:.1f} img/s ({data.dataset} at {data.root}, recipe {name}: crop {data.crop[0]}x"
+        f"{data.crop[1]}, photometric {str(data.photometric).lower()}; batch {data.batch_size}, {data.workers} "
+        f"workers, {args.repeats} batches after {args.warmup} warm-up)"
+    )
     return 0

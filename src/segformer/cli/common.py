@@ -48,6 +48,21 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str | None = N
     parser.add_argument("--device", default=default, help=f"cpu, cuda, cuda:N or mps (default: {fallback})")
 
 
+def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dtype`` and ``--no-compile``: the network's precision and compilation (``Segmenter``'s dtype, compile)."""
+    parser.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        help="network precision (default: bf16 on CUDA when supported, else fp32)",
+    )
+    parser.add_argument("--no-compile", action="store_true", help="never torch.compile the model (default: on CUDA)")
+
+
+def fast_path_options(args: argparse.Namespace) -> dict:
+    """``Segmenter`` keyword arguments of ``--dtype`` and ``--no-compile``."""
+    return {"dtype": args.dtype, "compile": False if args.no_compile else None}
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: CPU threads of torch (applied by ``apply_threads``)."""
     parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's)")

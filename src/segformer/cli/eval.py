@@ -15,10 +15,12 @@ from pathlib import Path
 from segformer.cli.common import (
     add_device_argument,
     add_engine_arguments,
+    add_fast_path_arguments,
     add_quiet_argument,
     add_threads_argument,
     apply_threads,
     describe_segmenter,
+    fast_path_options,
     plural,
 )
 
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--aug", action="store_true", help="multi-scale + flip test with the protocol's ratios")
     add_engine_arguments(parser)
+    add_fast_path_arguments(parser)
     add_device_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--out", help="write the per-class and summary metrics to this JSON file")
@@ -91,7 +94,7 @@ def build_segmenter(args: argparse.Namespace, dataset, device):
         protocol = dataset.info.protocol
         print(f"{args.weights} records no test protocol: using the official {dataset.name} protocol")
     overrides = {"mode": args.mode, "scale": args.scale, "crop": args.crop, "stride": args.stride}
-    return Segmenter(model, protocol, aug=args.aug, engine=engine, **overrides)
+    return Segmenter(model, protocol, aug=args.aug, engine=engine, **fast_path_options(args), **overrides)
 
 
 def run(args: argparse.Namespace) -> int:

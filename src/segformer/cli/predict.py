@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 from segformer.cli.common import (
     add_device_argument,
     add_engine_arguments,
+    add_fast_path_arguments,
     add_quiet_argument,
     add_threads_argument,
     apply_threads,
     describe_segmenter,
+    fast_path_options,
     plural,
 )
 
@@ -58,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aug", action="store_true", help="multi-scale + flip with the protocol's ratios")
     parser.add_argument("--batch-size", type=int, default=1, help="images per step; equal sizes share a forward pass")
     add_engine_arguments(parser)
+    add_fast_path_arguments(parser)
     add_device_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight in 0..1 (default: 0.5)")
@@ -136,7 +139,7 @@ def build_segmenter(args: argparse.Namespace, device: torch.device):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     model, engine, _ = load_for_inference(args.weights, device, args.engine, args.model)
     overrides = {"mode": args.mode, "scale": args.scale, "crop": args.crop, "stride": args.stride}
-    return Segmenter(model, aug=args.aug, engine=engine, **overrides)
+    return Segmenter(model, aug=args.aug, engine=engine, **fast_path_options(args), **overrides)
 
 
 def predict_jobs(segmenter, jobs: list[tuple[int, Path, tuple[Path, Path]]], args: argparse.Namespace, out: Path):

@@ -12,6 +12,7 @@ augmentations of two processes with batch B.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -80,6 +81,33 @@ class AugmentedDataset(Dataset):
         index, position = key
         image, mask = self.dataset[index]
         return self.transform(image, mask, np.random.default_rng((self.seed, _AUGMENT, position)))
+
+
+class TimedBatches:
+    """An iterator of batches that adds up the seconds spent blocked in ``next`` (waiting for data).
+
+    ``take_share(elapsed)`` returns the share of ``elapsed`` seconds spent waiting since the last call and
+    starts a new interval: the training loop's "data wait".
+    """
+
+    def __init__(self, batches: Iterator) -> None:
+        self.batches = batches
+        self.waited = 0.0
+
+    def __iter__(self) -> TimedBatches:
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.waited += time.perf_counter() - start
+
+    def take_share(self, elapsed: float) -> float:
+        """Waiting seconds / ``elapsed`` since the previous call (0 for an empty interval); resets the sum."""
+        waited, self.waited = self.waited, 0.0
+        return min(waited / elapsed, 1.0) if elapsed > 0 else 0.0
 
 
 def ignore_interrupts(worker_id: int) -> None:

@@ -42,9 +42,15 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 0.01,
     head_lr_mult: float = 10.0,
+    fused: bool | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over ``param_groups`` (official: lr 6e-5, betas (0.9, 0.999), weight decay 0.01, head × 10)."""
-    return torch.optim.AdamW(param_groups(model, lr, weight_decay, head_lr_mult), lr=lr, betas=tuple(betas))
+    """AdamW over ``param_groups`` (official: lr 6e-5, betas (0.9, 0.999), weight decay 0.01, head × 10).
+
+    ``fused``: one fused kernel for the whole update (the trainer asks for it when the parameters are on CUDA);
+    None leaves torch's default implementation.
+    """
+    groups = param_groups(model, lr, weight_decay, head_lr_mult)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
 
 
 def poly_lr(

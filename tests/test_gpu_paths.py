@@ -1,0 +1,247 @@
+"""The GPU-oriented paths, checked on the CPU: data-wait share, input-pipeline benchmark, recipe switches,
+fused AdamW, compiled training, and the inference options (dtype, compile, size buckets)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import segformer
+from reference import tiny_recipe
+from segformer.benchmark import Case, format_table, run_case
+from segformer.cli import eval as eval_cli
+from segformer.cli import main
+from segformer.cli import predict as predict_cli
+from segformer.cli.common import fast_path_options
+from segformer.config import TestProtocol
+from segformer.data import write_synthetic
+from segformer.inference import Segmenter, aligned_size, compiled_size, sliding_windows
+from segformer.recipe import load_recipe, packaged_recipes
+from segformer.train import resolve_auto, train
+from segformer.training.data import TimedBatches
+from segformer.training.optim import build_optimizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("data"), num_train=4, num_val=2, size=(64, 64), seed=0)
+
+
+def test_data_wait_share_from_a_loader_stub_with_known_sleeps():
+    def loader():
+        while True:
+            time.sleep(0.05)  # the data arrives after 50 ms
+            yield "batch"
+
+    batches = TimedBatches(loader())
+    start = time.perf_counter()
+    for _ in range(4):
+        next(batches)
+        time.sleep(0.15)  # a 150 ms step: a quarter of the time is spent waiting
+    share = batches.take_share(time.perf_counter() - start)
+    assert 0.15 < share < 0.3
+    assert batches.take_share(1.0) == 0.0  # the sum starts again after each interval
+    next(batches)
+    assert 0.04 < batches.take_share(0.1) <= 1.0
+
+
+def test_benchmark_data_prints_positive_images_per_second(data_root, capsys):
+    argv = ["benchmark", "--data", "--dataset", "custom", "--data-root", str(data_root), "--recipe", "demo"]
+    assert main([*argv, "--workers", "0", "--batch-size", "2", "--repeats", "2", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    rate = float(re.search(r"input pipeline: ([0-9.]+) img/s", out).group(1))
+    assert rate > 0 and "batch 2, 0 workers" in out
+    assert main(["benchmark", "--data", "--dataset", "custom"]) == 1  # no --data-root
+    assert "--data needs --data-root" in capsys.readouterr().err
+
+
+def test_recipe_train_switches_are_written_out_and_validated():
+    for name in packaged_recipes():
+        text = (resources.files("segformer") / "recipes" / f"{name}.toml").read_text()
+        assert '[train]\ncompile = "auto"' in text and '\nchannels_last = "auto"' in text, name
+    recipe = load_recipe("demo", ["train.compile=true", "train.channels_last=false"])
+    assert (recipe.train.compile, recipe.train.channels_last) == (True, False)
+    with pytest.raises(ValueError, match=r'train.compile must be true, false or "auto"'):
+        load_recipe("demo", ["train.compile=yes"])
+    with pytest.raises(ValueError, match=r"train.channels_last: expected bool or str, got int 1"):
+        load_recipe("demo", ["train.channels_last=1"])
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert [resolve_auto(v, cpu) for v in ("auto", True, False)] == [False, True, False]
+    assert [resolve_auto(v, cuda) for v in ("auto", True, False)] == [True, True, False]
+
+
+def test_fused_adamw_equals_the_default_implementation():
+    """The trainer asks for fused=True on CUDA; torch also has the fused kernel on the CPU, so compare there."""
+    torch.manual_seed(0)
+    models = [segformer.create_model("b0", num_classes=3, drop_path_rate=0.0, decoder_dropout=0.0) for _ in "ab"]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [build_optimizer(m, lr=1e-3, fused=fused) for m, fused in zip(models, (None, True), strict=True)]
+    assert optimizers[1].defaults["fused"] and not optimizers[0].defaults["fused"]
+    initial = torch.cat([p.detach().flatten() for p in models[0].parameters()])
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):  # the same gradients for both (backpropagated ones would diverge where they are ~0)
+        grads = [torch.randn(p.shape, generator=generator) for p in models[0].parameters()]
+        for model, optimizer in zip(models, optimizers, strict=True):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    # AdamW moves each weight by about lr per step (3e-3 in all); the two kernels round differently
+    default, fused = (torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models)
+    assert (default - initial).abs().max() > 2e-3
+    torch.testing.assert_close(fused, default, atol=1e-5, rtol=0)
+
+
+def test_compiled_training_matches_eager_and_logs_the_data_wait(data_root, tmp_path, monkeypatch):
+    """train.compile = true for 2 iterations of the tiny recipe: the same losses as eager.
+
+    inductor's C++ build of even a tiny B0 takes over 100 s on this 2-core machine, so the compiled run uses
+    the aot_eager backend: the same Dynamo capture and AOTAutograd forward/backward graphs, without code generation.
+    """
+    compiled, torch_compile = [], torch.compile
+
+    def compile_aot_eager(model, **options):
+        compiled.append(model)
+        return torch_compile(model, backend="aot_eager")
+
+    losses = {}
+    for name, switch in (("eager", "false"), ("compiled", "true")):
+        recipe = tiny_recipe(data_root, {"schedule.iters": 2, "train.compile": switch})
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "compile", compile_aot_eager)
+            train(recipe, tmp_path / name, device="cpu", quiet=True)
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in records if "loss" in r]
+        assert all(0.0 <= r["data_wait"] <= 1.0 for r in records if "loss" in r)
+    torch._dynamo.reset()
+    assert len(compiled) == 1  # only the compile = true run compiled, once
+    assert len(losses["eager"]) == 2
+    torch.testing.assert_close(losses["compiled"], losses["eager"], atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------- inference options
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return segformer.create_model("b0", num_classes=5, drop_path_rate=0.0, decoder_dropout=0.0).eval()
+
+
+def test_compiled_sizes_are_the_aligned_ones():
+    assert compiled_size(512, 512) and compiled_size(1024, 2048) and compiled_size(32, 96)
+    assert not compiled_size(512, 683) and not compiled_size(500, 512) and not compiled_size(16, 32)
+    # AlignedResize (size_divisor 32) sizes and the slide windows of a 512 crop always qualify
+    for height, width in ((375, 500), (512, 683), (1, 1), (2048, 1023)):
+        assert compiled_size(*aligned_size(height, width, 32))
+    windows = sliding_windows(1024, 2048, (512, 512), (341, 341))
+    assert {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in windows} == {(512, 512)}
+
+
+def test_dtype_and_compile_options_and_cli_flags(small_model):
+    default = Segmenter(small_model, TestProtocol())
+    assert (default.amp_dtype, default.compiled, default.channels_last) == (None, None, False)  # CPU: eager fp32
+    assert Segmenter(small_model, TestProtocol(), dtype="bf16").amp_dtype is torch.bfloat16
+    assert "dtype=bf16" in repr(Segmenter(small_model, TestProtocol(), dtype="bf16"))
+    with pytest.warns(UserWarning, match="fp16 mixed precision needs a CUDA device"):
+        assert Segmenter(small_model, TestProtocol(), dtype="fp16").amp_dtype is None
+    with pytest.raises(ValueError, match="precision 'fp8': expected one of fp32, bf16, fp16"):
+        Segmenter(small_model, TestProtocol(), dtype="fp8")
+    for command in (predict_cli, eval_cli):
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        required = ["--weights", "w"] + (
+            ["--dataset", "ade20k", "--data-root", "d"] if command is eval_cli else ["x", "--out", "o"]
+        )
+        args = parser.parse_args([*required, "--dtype", "bf16", "--no-compile"])
+        assert fast_path_options(args) == {"dtype": "bf16", "compile": False}
+        assert fast_path_options(parser.parse_args(required)) == {"dtype": None, "compile": None}
+
+
+def aot_eager_compile(calls: list):
+    """torch.compile with the aot_eager backend (inductor's C++ build takes minutes here), counting the calls."""
+    torch_compile = torch.compile
+
+    def compile_(model, **options):
+        compiled = torch_compile(model, backend="aot_eager", dynamic=options.get("dynamic"))
+
+        def run(x):
+            calls.append(tuple(x.shape[-2:]))
+            return compiled(x)
+
+        return run
+
+    return compile_
+
+
+def test_opt_in_compile_on_cpu_equals_eager_and_serves_only_aligned_sizes(small_model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", aot_eager_compile(calls))
+    eager = Segmenter(small_model, TestProtocol(scale=None))
+    compiled = Segmenter(small_model, TestProtocol(scale=None), compile=True)
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled.network(x), eager.network(x), atol=1e-5, rtol=1e-5)
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(compiled.predict(image), eager.predict(image))
+    assert calls == [(64, 96), (64, 96)]
+    odd = image[:50, :70]  # not a multiple of 32: eager, never padded
+    np.testing.assert_array_equal(compiled.predict(odd), eager.predict(odd))
+    assert len(calls) == 2
+    torch._dynamo.reset()
+
+
+def test_a_failing_compile_falls_back_to_eager_with_one_warning(small_model, monkeypatch):
+    def broken(model, **options):
+        def run(x):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    segmenter = Segmenter(small_model, TestProtocol(scale=None), compile=True)
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError\): running the model eagerly") as caught:
+        first = segmenter.predict(image)
+        second = segmenter.predict(image)
+    assert len(caught) == 1 and segmenter.compiled is None
+    expected = Segmenter(small_model, TestProtocol(scale=None)).predict(image)
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(second, expected)
+
+
+def test_benchmark_fast_path_row_reports_agreement_with_fp32_eager():
+    case = Case(variant="b0", height=64, width=64, batch_size=1, num_classes=5)
+    results = run_case(case, repeats=1, warmup=0, memory=False, fast=True)
+    assert [r.impl for r in results] == ["ours", "ours-fast"]
+    assert results[0].agreement == results[1].agreement == 1.0  # on the CPU the default path is eager fp32
+    assert results[1].max_abs_diff < 1e-5
+    table = format_table(results)
+    assert "agree %" in table and "100.00" in table
+
+
+def test_end_to_end_summary_weights_the_intervals_after_the_first():
+    spec = importlib.util.spec_from_file_location(
+        "gpu_end_to_end", Path(__file__).parents[1] / "benchmarks" / "gpu_end_to_end.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    records = [
+        {"iter": 10, "sec_per_iter": 5.0, "data_wait": 0.9},  # compilation and worker start-up: left out
+        {"iter": 20, "sec_per_iter": 0.1, "data_wait": 0.5},
+        {"iter": 25, "mIoU": 0.1},
+        {"iter": 40, "sec_per_iter": 0.2, "data_wait": 0.0},
+    ]
+    rate, wait = module.summarize(records, batch_size=16)
+    # 10 iterations of 0.1 s and 20 of 0.2 s: 30 × 16 images in 5 s; 0.5 s waited
+    assert rate == pytest.approx(30 * 16 / 5.0) and wait == pytest.approx(0.5 / 5.0)
