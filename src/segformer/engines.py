@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +25,9 @@ from segformer.export import export_onnx
 from segformer.fileio import atomic_write
 from segformer.model import SegFormer
 from segformer.pretrained import from_pretrained, resolve_source
+
+if TYPE_CHECKING:
+    import onnx
 
 ENGINES = ("torch", "onnxruntime")
 Engine = Callable[[torch.Tensor], torch.Tensor]
@@ -162,11 +167,79 @@ def normalise(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+def float_nodes(path: str | Path) -> list[str]:
+    """Names of the nodes of an ONNX file that int8 makes slower: attention's activation×activation MatMuls
+    (QK^T and AV) and the depthwise convolutions (memory-bound: their Quantize/Dequantize cost more than they save).
+    """
+    import onnx  # optional dependency (segformer[export]): only the quantiser needs it
+
+    graph = onnx.load(str(path)).graph
+    constants = {tensor.name for tensor in graph.initializer}
+    activations = [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] not in constants]
+    depthwise = [
+        node.name
+        for node in graph.node
+        if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+    ]
+    return activations + depthwise
+
+
+def fuse_bias(model: onnx.ModelProto) -> int:
+    """Fold ``DequantizeLinear → MatMul → Add(bias)`` into ONNX Runtime's ``MatMulIntegerToFloat`` with its bias.
+
+    ONNX Runtime runs a quantised MatMul whose output is not quantised as ``MatMulIntegerToFloat`` but leaves the
+    bias ``Add`` as one more pass over the float output; the contrib op adds the bias in its own epilogue.
+    Returns the number of MatMuls fused.
+    """
+    import onnx  # optional dependency (segformer[export]): only the quantiser needs it
+
+    graph = model.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    producer = {name: node for node in graph.node for name in node.output}
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    replaced, adds = {}, set()
+    for node in graph.node:
+        dequantized = [producer.get(name) for name in node.input] if node.op_type == "MatMul" else []
+        following = users.get(node.output[0], [])
+        if len(following) != 1 or following[0].op_type != "Add" or len(dequantized) != 2:
+            continue
+        (dq_a, dq_w), add = dequantized, following[0]
+        if not all(dq is not None and dq.op_type == "DequantizeLinear" and len(dq.input) == 3 for dq in dequantized):
+            continue
+        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        if bias not in constants or len(constants[bias].dims) != 1:
+            continue
+        inputs = [dq_a.input[0], dq_w.input[0], dq_a.input[1], dq_w.input[1], dq_a.input[2], dq_w.input[2], bias]
+        replaced[id(node)] = onnx.helper.make_node(
+            "MatMulIntegerToFloat", inputs, add.output, name=node.name, domain="com.microsoft"
+        )
+        adds.add(id(add))
+    unused = {  # Dequantize nodes whose every user was fused
+        id(node)
+        for node in graph.node
+        if node.op_type == "DequantizeLinear" and all(id(user) in replaced for user in users.get(node.output[0], []))
+    }
+    nodes = [replaced.get(id(node), node) for node in graph.node if id(node) not in adds | unused]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if replaced and not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return len(replaced)
+
+
 def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.ndarray], size: tuple[int, int]) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights) of an fp32 ONNX model, calibrated on ``images``.
 
-    Convolutions and matrix products are quantised (their weights per output channel); normalisations,
-    softmax and resizes stay in float.
+    The graph is first prepared with ONNX Runtime's ``quant_pre_process`` (symbolic shape inference and
+    graph fusions), as ONNX Runtime recommends. Then the dense convolutions and the matrix products with a
+    constant weight are quantised (weights per output channel); ``float_nodes`` stay in float: quantised,
+    attention's products cost a quantised softmax and int8 transposes, slower than the float ``FusedMatMul``
+    they replace. The products' outputs are not quantised, so ONNX Runtime runs them as
+    ``MatMulIntegerToFloat`` (int8 in, float out) without a Quantize/Dequantize pair, with the bias folded in
+    by ``fuse_bias``. Normalisations, softmax and resizes stay in float.
 
     Args:
         source: the fp32 ``.onnx`` file.
@@ -174,7 +247,9 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
         images: H×W×3 uint8 RGB calibration images (a few dozen real images of the dataset).
         size: (h, w) the images are resized to: the model's test size.
     """
+    import onnx  # optional dependency (segformer[export]): imported only when quantising
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -184,16 +259,24 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
             return next(self.batches, None)
 
     def write(tmp: str) -> None:
-        quantize_static(
-            str(source),
-            tmp,
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            op_types_to_quantize=["Conv", "MatMul"],  # LayerNorm, Softmax, Resize stay float: 1-2 points better
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
+        with tempfile.TemporaryDirectory() as folder:
+            prepared = Path(folder) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared))
+            quantize_static(
+                str(prepared),
+                tmp,
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                op_types_to_quantize=["Conv", "MatMul"],  # LayerNorm, Softmax, Resize stay float: 1-2 points better
+                nodes_to_exclude=float_nodes(prepared),
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
+            )
+        model = onnx.load(tmp)
+        fuse_bias(model)
+        onnx.save(model, tmp)
 
     root = logging.getLogger()
     level = root.level
