@@ -70,14 +70,23 @@ def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return _lookup_table(label, palette)[label]
 
 
-def save_label_png(label: np.ndarray, path: str | Path, palette: np.ndarray) -> None:
-    """Write ``label`` as a palette PNG: pixel values are class ids, shown in the palette's colours."""
+def label_picture(label: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """``label`` as a palette ("P") picture: pixel values are class ids, shown in the palette's colours."""
     label = np.asarray(label)
     table = _lookup_table(label, palette)
     if len(table) > 256:
-        raise ValueError(f"{path}: a palette PNG holds class ids up to 255, but there are {len(palette)} classes")
+        raise ValueError(f"a palette PNG holds class ids up to 255, but there are {len(palette)} classes")
     picture = Image.fromarray(label.astype(np.uint8), mode="P")
     picture.putpalette(table.tobytes())
+    return picture
+
+
+def save_label_png(label: np.ndarray, path: str | Path, palette: np.ndarray) -> None:
+    """Write ``label`` as a palette PNG (``label_picture``), atomically."""
+    try:
+        picture = label_picture(label, palette)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from segformer.serve.batcher import Batcher, QueueFull, ShuttingDown
 from segformer.serve.predictor import MODES, Job, Limits, Outcome, Predictor, RequestError, decode_image
-from segformer.visualize import overlay, save_label_png
+from segformer.visualize import label_picture, overlay
 
 STATIC = files("segformer.serve") / "static"
 # Room for the multipart headers and boundaries around an image of the largest accepted size.
@@ -121,8 +121,7 @@ def png_bytes(outcome: Outcome, image: np.ndarray, options: Options, metadata: d
     if options.overlay:
         overlay(image, outcome.label, palette, metadata["class_names"], options.alpha).save(buffer, format="PNG")
     else:
-        buffer.name = "label.png"  # save_label_png writes to a path; Pillow takes the format from this name
-        save_label_png(outcome.label, buffer, palette)
+        label_picture(outcome.label, palette).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
