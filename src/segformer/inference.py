@@ -306,9 +306,13 @@ class Segmenter:
     def _scores(self, images: np.ndarray) -> torch.Tensor:
         """B×K×H×W scores at the input size: logits for one view, mean probabilities for several."""
         batch, height, width = images.shape[:3]
+        tiles = self._row_tiles(batch, height, width)
+        if self.num_views == 1 and len(tiles) == 1:  # one view in one tile: its scores, no accumulator
+            ((view, flip),) = self._views(images)
+            return self._view_scores(view, flip, tiles[0], (height, width))
         scores = torch.zeros(batch, self.num_classes, height, width, device=self.device)
         for view, flip in self._views(images):
-            for rows in self._row_tiles(batch, height, width):
+            for rows in tiles:
                 scores[:, :, rows] += self._view_scores(view, flip, rows, (height, width))
         return self._average(scores)
 
@@ -317,7 +321,8 @@ class Segmenter:
 
     def _view_scores(self, view: torch.Tensor, flip: bool, rows: slice, size: tuple[int, int]) -> torch.Tensor:
         """One view's rows ``rows`` at the original size (mmseg ``inference``): probabilities if views are averaged."""
-        scores = resize_rows(view, size, rows)
+        same_size = tuple(view.shape[-2:]) == tuple(size)  # a bilinear resize to the same size is the identity
+        scores = view[..., rows, :] if same_size else resize_rows(view, size, rows)
         scores = scores.softmax(1) if self.num_views > 1 else scores
         return scores.flip(-1) if flip else scores
 
