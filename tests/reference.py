@@ -72,16 +72,23 @@ def tiny_recipe(root, overrides: dict | None = None):
     return recipe
 
 
-def numpy_miou(predictions, labels, num_classes: int) -> float:
-    """mmseg mIoU counted with NumPy: whole-set intersection / union per class, mean over classes with a union."""
+def numpy_counts(predictions, labels, num_classes: int):
+    """Whole-set intersection, union and labelled pixels per class (label 255 ignored), counted with NumPy."""
     import numpy as np
 
-    intersection, union = np.zeros(num_classes), np.zeros(num_classes)
+    intersection, union, labelled = np.zeros(num_classes), np.zeros(num_classes), np.zeros(num_classes)
     for pred, label in zip(predictions, labels, strict=True):
         keep = label != 255
         for k in range(num_classes):
             p, t = (pred == k) & keep, (label == k) & keep
             intersection[k] += (p & t).sum()
             union[k] += (p | t).sum()
+            labelled[k] += t.sum()
+    return intersection, union, labelled
+
+
+def numpy_miou(predictions, labels, num_classes: int) -> float:
+    """mmseg mIoU: whole-set intersection / union per class, mean over classes with a union."""
+    intersection, union, _ = numpy_counts(predictions, labels, num_classes)
     present = union > 0
     return float((intersection[present] / union[present]).mean())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from reference import numpy_counts
 from segformer import create_model, evaluate, from_pretrained
 from segformer.cli import main
 from segformer.config import TestProtocol as Protocol  # aliased: pytest would collect a "Test…" class
@@ -38,16 +39,8 @@ def reference_metrics(root: Path, weights: Path) -> tuple[float, float, np.ndarr
     """mIoU, aAcc and per-class IoU from Segmenter.predict and the masks, counted with NumPy."""
     dataset = build_dataset("custom", root, "val")
     segmenter = Segmenter(from_pretrained(weights), Protocol(scale=(56, 40)))
-    intersect, union, labelled = np.zeros(6), np.zeros(6), np.zeros(6)
-    for i in range(len(dataset)):
-        image, mask = dataset[i]
-        pred = segmenter.predict(image)
-        valid = mask != 255
-        for k in range(6):
-            p, t = (pred == k) & valid, (mask == k) & valid
-            intersect[k] += (p & t).sum()
-            union[k] += (p | t).sum()
-            labelled[k] += t.sum()
+    images, masks = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    intersect, union, labelled = numpy_counts([segmenter.predict(image) for image in images], masks, 6)
     with np.errstate(invalid="ignore"):
         iou = intersect / union  # NaN for a class neither labelled nor predicted
     return float(np.nanmean(iou)), intersect.sum() / labelled.sum(), iou
