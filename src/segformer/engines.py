@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from huggingface_hub.constants import HF_HUB_CACHE
 
 from segformer.constants import IMAGE_MEAN, IMAGE_STD
 from segformer.export import export_onnx
@@ -64,12 +65,8 @@ def weights_hash(path: str | Path) -> str:
 
 def cache_folder(weights: Path) -> Path:
     """Where the ONNX export of ``weights`` is kept: next to it if that folder is ours and writable."""
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:
-        HF_HUB_CACHE = None  # noqa: N806
     folder = weights.resolve().parent
-    in_hub = HF_HUB_CACHE is not None and folder.is_relative_to(Path(HF_HUB_CACHE).resolve())
+    in_hub = folder.is_relative_to(Path(HF_HUB_CACHE).resolve())
     if not in_hub and os.access(folder, os.W_OK):
         return folder
     base = os.environ.get("SEGFORMER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 
 class CheckpointError(ValueError):
@@ -32,8 +33,6 @@ def read_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device=str(map_location))
         except Exception as e:  # safetensors raises its own error types for corrupt headers

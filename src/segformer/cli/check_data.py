@@ -7,6 +7,8 @@ with 1 when there is any problem.
 
 from __future__ import annotations
 
+# The library and torch are imported inside the functions below: `segformer --help` and
+# `segformer COMMAND --help` stay fast.
 import argparse
 
 from segformer.cli.common import add_quiet_argument, add_threads_argument, apply_threads, plural

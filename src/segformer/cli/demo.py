@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# The library and torch are imported inside the functions below: `segformer --help` and
+# `segformer COMMAND --help` stay fast.
 import argparse
 import os
 import shlex

@@ -6,6 +6,8 @@ predicts every N-th image and only rank 0 prints and writes.
 
 from __future__ import annotations
 
+# The library and torch are imported inside the functions below: `segformer --help` and
+# `segformer COMMAND --help` stay fast.
 import argparse
 import math
 import time

@@ -6,6 +6,8 @@ quantised with ONNX Runtime and calibrated on real images of the dataset.
 
 from __future__ import annotations
 
+# The library and torch are imported inside the functions below: `segformer --help` and
+# `segformer COMMAND --help` stay fast.
 import argparse
 from pathlib import Path
 

@@ -12,6 +12,8 @@ rebuilt from their label maps, so a resumed run writes the same manifest as an u
 
 from __future__ import annotations
 
+# The library and torch are imported inside the functions below: `segformer --help` and
+# `segformer COMMAND --help` stay fast.
 import argparse
 import glob
 import json
