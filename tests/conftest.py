@@ -1,7 +1,11 @@
 """Fixtures shared by several test modules."""
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from segformer import create_model
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +23,13 @@ def torch_engine_by_default(monkeypatch):
     while every command test would otherwise export its model to ONNX first (the default on a CPU with
     onnxruntime installed). Subprocesses inherit the setting."""
     monkeypatch.setenv("SEGFORMER_ENGINE", "torch")
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A random B0 with three named classes (sky, road, tree), saved with save_pretrained; test modules that
+    need other weights define their own ``weights`` fixture."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    create_model("b0", num_classes=3, class_names=["sky", "road", "tree"]).save_pretrained(folder)
+    return folder

@@ -11,20 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from segformer import create_model
 from segformer.cli import main
 from segformer.inference import Segmenter
 
 SCALE = ["--scale", "64", "32"]
 NUM_IMAGES = 7
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    create_model("b0", num_classes=3, class_names=["sky", "road", "tree"]).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

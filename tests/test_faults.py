@@ -60,14 +60,6 @@ def test_files_get_the_users_umask(tmp_path, umask):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    create_model("b0", num_classes=3, class_names=["sky", "road", "tree"]).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
