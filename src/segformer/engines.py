@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from huggingface_hub.constants import HF_HUB_CACHE
+from huggingface_hub import constants as hub_constants
 
 from segformer.constants import IMAGE_MEAN, IMAGE_STD
 from segformer.export import export_onnx
@@ -66,7 +66,7 @@ def weights_hash(path: str | Path) -> str:
 def cache_folder(weights: Path) -> Path:
     """Where the ONNX export of ``weights`` is kept: next to it if that folder is ours and writable."""
     folder = weights.resolve().parent
-    in_hub = folder.is_relative_to(Path(HF_HUB_CACHE).resolve())
+    in_hub = folder.is_relative_to(Path(hub_constants.HF_HUB_CACHE).resolve())  # read now: it may be reconfigured
     if not in_hub and os.access(folder, os.W_OK):
         return folder
     base = os.environ.get("SEGFORMER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
