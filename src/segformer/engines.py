@@ -26,6 +26,7 @@ from segformer.export import export_onnx
 from segformer.fileio import atomic_write
 from segformer.model import SegFormer
 from segformer.pretrained import from_pretrained, resolve_source
+from segformer.transforms import normalize_image, resize_image
 
 if TYPE_CHECKING:
     import onnx
@@ -157,10 +158,7 @@ def load_for_inference(
 
 def normalise(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """1×3×H×W float32 input of an H×W×3 uint8 RGB image resized (bilinear) to ``size`` (h, w)."""
-    import cv2  # listed dependency; imported here so that importing engines stays light
-
-    resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-    x = (resized - np.float32(IMAGE_MEAN)) / np.float32(IMAGE_STD)
+    x = normalize_image(resize_image(image, size), IMAGE_MEAN, IMAGE_STD)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 

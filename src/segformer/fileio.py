@@ -102,7 +102,3 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 def atomic_write_json(path: str | Path, data: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def atomic_torch_save(path: str | Path, obj: object) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
