@@ -18,11 +18,12 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
-def torch_engine_by_default(monkeypatch):
-    """Commands run the PyTorch model unless a test asks for ONNX Runtime: the engine's own tests export once,
-    while every command test would otherwise export its model to ONNX first (the default on a CPU with
-    onnxruntime installed). Subprocesses inherit the setting."""
+def fp32_torch_by_default(monkeypatch):
+    """Commands run the PyTorch model in fp32 unless a test asks otherwise: tests compare numbers with fp32
+    references, and on a CPU with AMX the default precision is bf16. Subprocesses inherit the settings;
+    tests/test_device.py checks the defaults themselves."""
     monkeypatch.setenv("SEGFORMER_ENGINE", "torch")
+    monkeypatch.setenv("SEGFORMER_DTYPE", "fp32")
 
 
 @pytest.fixture(scope="session")

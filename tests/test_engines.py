@@ -149,10 +149,10 @@ def test_build_engine_finds_the_cached_export(exported, monkeypatch):
     with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
         build_engine("tensorrt", model, weights)
     monkeypatch.delenv("SEGFORMER_ENGINE")
-    assert engines.default_engine(torch.device("cpu")) == "onnxruntime"
+    assert engines.default_engine(torch.device("cpu")) == "torch"  # ONNX Runtime is opt-in
     assert engines.default_engine(torch.device("cuda")) == "torch"
-    monkeypatch.setenv("SEGFORMER_ENGINE", "torch")
-    assert engines.default_engine(torch.device("cpu")) == "torch"
+    monkeypatch.setenv("SEGFORMER_ENGINE", "onnxruntime")
+    assert engines.default_engine(torch.device("cpu")) == "onnxruntime"
     monkeypatch.setenv("SEGFORMER_ENGINE", "tensorrt")
     with pytest.raises(ValueError, match="SEGFORMER_ENGINE=tensorrt"):
         engines.default_engine(torch.device("cpu"))

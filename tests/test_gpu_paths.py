@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import segformer
+import segformer.device
 from reference import tiny_recipe
 from segformer.benchmark import Case, format_table, run_case
 from segformer.cli import eval as eval_cli
@@ -148,9 +149,19 @@ def test_compiled_sizes_are_the_aligned_ones():
     assert {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in windows} == {(512, 512)}
 
 
-def test_dtype_and_compile_options_and_cli_flags(small_model):
-    default = Segmenter(small_model, TestProtocol())
+def test_dtype_and_compile_options_and_cli_flags(small_model, monkeypatch):
+    default = Segmenter(small_model, TestProtocol())  # conftest sets SEGFORMER_DTYPE=fp32
     assert (default.amp_dtype, default.compiled, default.channels_last) == (None, None, False)  # CPU: eager fp32
+    monkeypatch.delenv("SEGFORMER_DTYPE")
+    for amx, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(segformer.device, "has_amx", lambda amx=amx: amx)
+        assert Segmenter(small_model, TestProtocol()).amp_dtype is expected
+    monkeypatch.setenv("SEGFORMER_DTYPE", "bf16")  # the variable overrides the hardware's default
+    assert Segmenter(small_model, TestProtocol()).precision == "bf16"
+    monkeypatch.setenv("SEGFORMER_DTYPE", "fp64")
+    with pytest.raises(ValueError, match="SEGFORMER_DTYPE=fp64: expected one of fp32, bf16, fp16"):
+        Segmenter(small_model, TestProtocol())
+    monkeypatch.setenv("SEGFORMER_DTYPE", "fp32")
     assert Segmenter(small_model, TestProtocol(), dtype="bf16").amp_dtype is torch.bfloat16
     assert "dtype=bf16" in repr(Segmenter(small_model, TestProtocol(), dtype="bf16"))
     with pytest.warns(UserWarning, match="fp16 mixed precision needs a CUDA device"):

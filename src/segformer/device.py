@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -35,6 +36,26 @@ def resolve_device(name: str | None = None) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"--device {name}: unsupported device type {device.type!r} (expected cpu, cuda or mps)")
     return device
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX tile units (Intel Sapphire Rapids and later): oneDNN then runs bf16
+    convolutions and matrix products several times faster than fp32."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def default_precision(device: torch.device) -> str:
+    """The inference precision used when none is asked for: ``$SEGFORMER_DTYPE`` when set, else "bf16" where
+    the hardware computes bf16 natively (a CUDA GPU that supports it, a CPU with AMX), else "fp32"."""
+    chosen = os.environ.get("SEGFORMER_DTYPE")
+    if chosen:
+        if chosen not in DTYPES:
+            raise ValueError(f"SEGFORMER_DTYPE={chosen}: expected one of {', '.join(DTYPES)}")
+        return chosen
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and has_amx() else "fp32"
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

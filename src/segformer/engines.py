@@ -46,13 +46,18 @@ def onnxruntime_available() -> bool:
 
 
 def default_engine(device: torch.device) -> str:
-    """``$SEGFORMER_ENGINE`` when set, else "onnxruntime" on the CPU when it is installed, else "torch"."""
+    """``$SEGFORMER_ENGINE`` when set, else "torch".
+
+    ONNX Runtime is opt-in: measured one engine per process on 2 cores (``benchmarks/cpu_engines.py``), its fp32
+    run of our export is no faster than our PyTorch model in fp32 (0.93-1.01×), and the PyTorch model in bf16 on
+    an AMX CPU is 1.7-1.9× faster; its place is the int8 model (``quantize_int8``) and machines without PyTorch.
+    """
     chosen = os.environ.get("SEGFORMER_ENGINE")
     if chosen:
         if chosen not in ENGINES:
             raise ValueError(f"SEGFORMER_ENGINE={chosen}: expected one of {', '.join(ENGINES)}")
         return chosen
-    return "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
+    return "torch"
 
 
 def weights_hash(path: str | Path) -> str:

@@ -36,8 +36,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         choices=["torch", "onnxruntime"],
-        help="what runs the network (default: onnxruntime on the CPU when installed, else torch; "
-        "$SEGFORMER_ENGINE overrides the default)",
+        help="what runs the network (default: torch; $SEGFORMER_ENGINE overrides the default)",
     )
     parser.add_argument("--model", help="with an .onnx --weights file (e.g. int8): the checkpoint it was exported from")
 
@@ -53,7 +52,8 @@ def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         choices=["fp32", "bf16", "fp16"],
-        help="network precision (default: bf16 on CUDA when supported, else fp32)",
+        help="network precision (default: bf16 on a CUDA GPU that supports it and on a CPU with AMX, else fp32; "
+        "$SEGFORMER_DTYPE overrides the default)",
     )
     parser.add_argument("--no-compile", action="store_true", help="never torch.compile the model (default: on CUDA)")
 
@@ -98,7 +98,9 @@ def describe_segmenter(segmenter: Segmenter) -> str:
         parts.append(f"sides rounded up to multiples of {protocol.size_divisor}")
     if segmenter.aug:
         parts.append(f"multi-scale {', '.join(f'{r:g}' for r in protocol.aug_ratios)}" + (" + flip" * protocol.flip))
-    return ", ".join(parts) + ("; onnxruntime" if segmenter.engine is not None else "; torch")
+    if segmenter.engine is not None:
+        return ", ".join(parts) + "; onnxruntime"
+    return ", ".join(parts) + f"; torch {segmenter.precision}"
 
 
 def missing_package_hint(error: ImportError) -> str | None:
