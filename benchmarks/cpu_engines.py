@@ -1,16 +1,27 @@
-"""CPU engines at 512×512, batch 1, 2 threads: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime int8.
+"""CPU engines at 512×512, batch 1, 2 threads: the default path against PyTorch eager fp32 and ONNX Runtime.
 
-Random weights (speed does not depend on them); the int8 model is calibrated on synthetic scenes. The
-engines run interleaved (one call of each per round), so machine noise hits all of them alike.
+Rows (random weights, 150 classes; speed does not depend on the weights):
 
-python benchmarks/cpu_engines.py                     # B0 and B2, 20 rounds
-python benchmarks/cpu_engines.py --variants b0 --rounds 50 --cache /tmp/onnx
+* torch fp32: ``model(x)`` in eager fp32, the baseline;
+* default: ``Segmenter(model).network(x)``, what predict, eval and serve run without flags (bf16 autocast
+  on a CPU with AMX, else fp32 eager);
+* onnxruntime fp32 / int8: our ONNX export, and its int8 quantisation calibrated on synthetic scenes.
+
+Each engine is timed in a process of its own, and the engines take turns over ``--passes`` passes (the
+median of the passes is printed). Interleaving calls of different engines in one process is unfair on a small
+machine: each runtime's worker threads spin for a while after a call and steal the cores of the next one.
+
+python benchmarks/cpu_engines.py                     # B0 and B2, 3 passes
+python benchmarks/cpu_engines.py --variants b0 --passes 5 --cache /tmp/onnx
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -19,62 +30,98 @@ from pathlib import Path
 import torch
 
 import segformer
+from segformer.config import TestProtocol
 from segformer.data import SyntheticDataset
 from segformer.engines import OnnxRuntimeEngine, quantize_int8
 from segformer.export import export_onnx
+from segformer.inference import Segmenter
 
 SIZE = 512
+ENGINES = ("torch fp32", "default", "onnxruntime fp32", "onnxruntime int8")
 
 
-def engines(variant: str, folder: Path, threads: int) -> dict:
-    """The three engines of a random ``variant`` with 150 classes; ONNX files kept in ``folder``."""
+def random_model(variant: str) -> segformer.SegFormer:
     torch.manual_seed(0)
-    model = segformer.create_model(variant, num_classes=150).eval()
+    return segformer.create_model(variant, num_classes=150).eval()
+
+
+def prepare(variant: str, folder: Path) -> None:
+    """Export ``variant`` to ``folder``/<variant>.onnx and quantise it to <variant>.int8.onnx, unless present."""
     fp32, int8 = folder / f"{variant}.onnx", folder / f"{variant}.int8.onnx"
     if not fp32.is_file():
-        export_onnx(model, fp32, SIZE, SIZE)
+        export_onnx(random_model(variant), fp32, SIZE, SIZE)
     if not int8.is_file():
         scenes = SyntheticDataset(num=8, size=(SIZE, SIZE), split="val")
         quantize_int8(fp32, int8, (scenes[i][0] for i in range(len(scenes))), (SIZE, SIZE))
-    return {
-        "torch eager": model,
-        "onnxruntime fp32": OnnxRuntimeEngine(fp32, threads),
-        "onnxruntime int8": OnnxRuntimeEngine(int8, threads),
-    }
 
 
-def measure(runners: dict, rounds: int, warmup: int = 2) -> dict[str, float]:
-    """Median milliseconds of one call of each runner, interleaved over ``rounds``."""
+def runner(engine: str, variant: str, folder: Path, threads: int):
+    """A callable running ``engine`` on a 1×3×512×512 batch."""
+    if engine.startswith("onnxruntime"):
+        suffix = ".int8.onnx" if engine.endswith("int8") else ".onnx"
+        return OnnxRuntimeEngine(folder / f"{variant}{suffix}", threads)
+    model = random_model(variant)
+    if engine == "torch fp32":
+        return model
+    os.environ.pop("SEGFORMER_DTYPE", None)  # the default precision of this machine
+    return Segmenter(model, TestProtocol()).network
+
+
+def time_engine(engine: str, variant: str, folder: Path, threads: int, calls: int, warmup: int = 2) -> float:
+    """Median milliseconds of ``calls`` calls of one engine (run in a worker process)."""
+    torch.set_num_threads(threads)
+    run = runner(engine, variant, folder, threads)
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    times = []
     with torch.inference_mode():
-        for r in range(warmup + rounds):
-            for name, run in runners.items():
-                start = time.perf_counter()
-                run(x)
-                if r >= warmup:
-                    times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
+        for i in range(warmup + calls):
+            start = time.perf_counter()
+            run(x)
+            if i >= warmup:
+                times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def in_process(engine: str, variant: str, folder: Path, threads: int, calls: int) -> float:
+    argv = [sys.executable, __file__, "--worker", engine, "--variants", variant, "--cache", str(folder)]
+    argv += ["--threads", str(threads), "--calls", str(calls)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["b0", "b2"])
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=10, help="timed calls per engine and pass")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", help="folder keeping the ONNX files between runs (default: a temporary one)")
+    parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
+    if args.worker:
+        print(time_engine(args.worker, args.variants[0], Path(args.cache), args.threads, args.calls))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.cache or tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        print(f"{SIZE}×{SIZE}, batch 1, {args.threads} threads, median of {args.rounds} interleaved rounds")
+        precision = Segmenter(random_model("b0"), TestProtocol()).precision
+        print(f"{SIZE}×{SIZE}, batch 1, {args.threads} threads, one process per engine, median of {args.passes} passes")
+        print(f"default = Segmenter's network, here in {precision}")
         for variant in args.variants:
-            medians = measure(engines(variant, folder, args.threads), args.rounds)
-            base = medians["torch eager"]
-            for name, ms in medians.items():
-                print(f"{variant}  {name:<18} {ms:8.1f} ms   {base / ms:5.2f}× torch eager")
+            prepare(variant, folder)
+            passes = {engine: [] for engine in ENGINES}
+            for _ in range(args.passes):
+                for engine in ENGINES:
+                    passes[engine].append(in_process(engine, variant, folder, args.threads, args.calls))
+            ms = {engine: statistics.median(values) for engine, values in passes.items()}
+            for engine in ENGINES:
+                line = (
+                    f"{variant}  {engine:<17} {ms[engine]:7.1f} ms   {ms['torch fp32'] / ms[engine]:5.2f}× torch fp32"
+                )
+                if engine == "onnxruntime int8":
+                    line += f"   {ms['onnxruntime fp32'] / ms[engine]:5.2f}× onnxruntime fp32"
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from segformer import create_model
+from segformer import create_model, resize
 from segformer.config import TestProtocol as Protocol  # aliased: pytest would collect a "Test…" class
 from segformer.constants import IMAGE_MEAN, IMAGE_STD
-from segformer.inference import Segmenter, resize_rows, sliding_windows, view_size
+from segformer.inference import Segmenter, sliding_windows, view_size
+from segformer.resize import resize_rows, upsampled_argmax
 
 K = 4
 
@@ -97,6 +98,41 @@ def test_resize_rows_tiles_stitch_exactly_and_match_interpolate():
             tiles = [resize_rows(x, size, slice(r, min(r + step, size[0]))) for r in range(0, size[0], step)]
             assert torch.equal(torch.cat(tiles, dim=2), full)
         torch.testing.assert_close(full, F.interpolate(x, size, mode="bilinear", align_corners=False))
+
+
+def blobs(batch: int, classes: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """Logits whose argmax forms regions a few pixels across (boundaries on a fraction of the pixels)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(batch, classes, max(h // 6, 1), max(w // 6, 1), generator=g) * 3
+    smooth = F.interpolate(coarse, (h, w), mode="bilinear", align_corners=False)
+    return smooth + 0.05 * torch.randn(batch, classes, h, w, generator=g)
+
+
+@pytest.mark.parametrize(
+    "shape, size, crop",
+    [
+        ((2, 150, 32, 32), (128, 128), None),  # the ×4 of SegFormer's logits, a batch
+        ((1, 19, 25, 33), (100, 129), (97, 129)),  # odd factors, a crop (the padding of a small image)
+        ((1, 5, 40, 30), (40, 30), None),  # same size: the identity
+        ((1, 7, 30, 40), (21, 25), None),  # shrinking
+    ],
+)
+def test_upsampled_argmax_equals_the_argmax_of_interpolate(shape, size, crop, monkeypatch):
+    logits = blobs(*shape, seed=sum(shape))
+    height, width = crop or size
+    dense = F.interpolate(logits, size, mode="bilinear", align_corners=False)[..., :height, :width].argmax(1)
+    monkeypatch.setattr(resize, "CHUNK_PIXELS", 97)  # several chunks
+    assert torch.equal(upsampled_argmax(logits, size, crop), dense)  # the four-source shortcut
+    monkeypatch.setattr(resize, "DENSE_SHARE", 0.0)
+    assert torch.equal(upsampled_argmax(logits, size, crop), dense)  # the dense fallback
+
+
+def test_predict_takes_the_same_labels_as_the_argmax_of_the_scores(model):
+    """``predict`` (labels from the low-resolution logits) against ``predict_logits`` (full-resolution scores)."""
+    for h, w in [(96, 128), (40, 52), (30, 70)]:  # tested at its own size; padded to 32 pixels (whole, no scale)
+        image = random_image(h, w, seed=h)
+        segmenter = Segmenter(model, protocol(scale=None))
+        assert np.array_equal(segmenter.predict(image), segmenter.predict_logits(image).argmax(0).numpy())
 
 
 @pytest.mark.parametrize("crop", [(40, 52), (64, 64)])

@@ -58,6 +58,7 @@ from segformer.config import TestProtocol
 from segformer.data import DATASETS, canonical_name, read_image
 from segformer.device import autocast_dtype, default_precision
 from segformer.model import MIN_INPUT_SIZE
+from segformer.resize import resize_rows, upsampled_argmax
 from segformer.transforms import normalize_image, rescale_size, resize_image
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -125,36 +126,6 @@ def sliding_windows(
         y2, x2 = min(i * stride_h + crop_h, height), min(j * stride_w + crop_w, width)
         windows.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
     return windows
-
-
-def _linear_weights(n_in: int, n_out: int, start: int, stop: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Source indices and weights of outputs start…stop-1 of a 1-D bilinear resize (align_corners False).
-
-    Computed in float32 as PyTorch's upsampling kernels do (scale n_in / n_out, source position
-    scale · (i + 0.5) − 0.5 rounded once), so the weights are F.interpolate's own.
-    """
-    scale = torch.tensor(n_in, dtype=torch.float32) / n_out
-    dst = torch.arange(start, stop, dtype=torch.float64)
-    src = (scale.double() * (dst + 0.5) - 0.5).float().clamp_(min=0)
-    i0 = src.long().clamp_(max=n_in - 1)
-    w1 = (src - i0).clamp_(0, 1)
-    i1 = (i0 + 1).clamp_(max=n_in - 1)
-    return i0.to(device), i1.to(device), (1 - w1).to(device), w1.to(device)
-
-
-def resize_rows(x: torch.Tensor, size: tuple[int, int], rows: slice) -> torch.Tensor:
-    """Rows ``rows`` of ``x`` (…×h×w) resized bilinearly (align_corners False) to ``size``, computed alone.
-
-    Equals ``F.interpolate(x, size, mode="bilinear", align_corners=False)[..., rows, :]`` up to the last
-    bit of float32 (the order of one multiply-add). Only the source rows the tile needs are widened (by
-    ``F.interpolate``), then blended row by row; every value is computed the same way whatever the tile,
-    so tiles stitch into exactly the untiled result.
-    """
-    (height, width), h = size, x.shape[-2]
-    i0, i1, a0, a1 = _linear_weights(h, height, rows.start, rows.stop, x.device)
-    first, last = int(i0[0]), int(i1[-1]) + 1
-    wide = F.interpolate(x[..., first:last, :], (last - first, width), mode="bilinear", align_corners=False)
-    return wide[..., i0 - first, :].mul_(a0[:, None]).add_(wide[..., i1 - first, :].mul_(a1[:, None]))
 
 
 class Segmenter:
@@ -299,6 +270,11 @@ class Segmenter:
     def _labels(self, images: np.ndarray) -> list[np.ndarray]:
         batch, height, width = images.shape[:3]
         dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
+        if self.num_views == 1 and self.protocol.mode == "whole":
+            x = self._inputs(images, 1.0)
+            if tuple(x.shape[-2:]) == (height, width):  # tested at its own size: one resize, logits to labels
+                logits, padded = self._padded_logits(x)
+                return list(upsampled_argmax(logits, padded, (height, width)).to(dtype).cpu().numpy())
         if batch * self.num_classes * height * width <= self.max_elements:
             labels = self._scores(images).argmax(1).to(dtype).cpu()
         else:  # huge image: keep the small per-view maps and resize + argmax one row tile at a time
@@ -335,24 +311,31 @@ class Segmenter:
     def _views(self, images: np.ndarray) -> Iterator[tuple[torch.Tensor, bool]]:
         """(logits at the resized image's size, flipped) of each test view (scale × flip), one at a time."""
         for ratio in self.ratios:
-            mean, std = self.protocol.mean, self.protocol.std
-            batch = np.stack(
-                [normalize_image(resize_for_test(image, self.protocol, ratio), mean, std) for image in images]
-            )
-            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).contiguous()
+            x = self._inputs(images, ratio)
             for flip in self.flips:
                 view = x.flip(-1) if flip else x
                 logits = self._slide(view) if self.protocol.mode == "slide" else self._encode_decode(view)
                 yield logits.float(), flip
 
+    def _inputs(self, images: np.ndarray, ratio: float) -> torch.Tensor:
+        """The normalised B×3×H×W batch of ``images`` resized for the test at scale ``ratio``."""
+        mean, std = self.protocol.mean, self.protocol.std
+        batch = np.stack([normalize_image(resize_for_test(image, self.protocol, ratio), mean, std) for image in images])
+        return torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).contiguous()
+
     def _encode_decode(self, x: torch.Tensor) -> torch.Tensor:
         """mmseg ``encode_decode``: logits of the normalised batch ``x`` resized to its size (padded if too small)."""
         height, width = x.shape[-2:]
+        logits, padded = self._padded_logits(x)
+        logits = F.interpolate(logits, padded, mode="bilinear", align_corners=False)
+        return logits[..., :height, :width]
+
+    def _padded_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The network's logits of ``x`` padded at the bottom and right to ``MIN_INPUT_SIZE``, and the padded size."""
+        height, width = x.shape[-2:]
         pad_h, pad_w = max(MIN_INPUT_SIZE - height, 0), max(MIN_INPUT_SIZE - width, 0)
         padded = F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
-        logits = self.network(padded)
-        logits = F.interpolate(logits, padded.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :height, :width]
+        return self.network(padded), (height + pad_h, width + pad_w)
 
     def network(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits of a normalised B×3×H×W batch: the engine's, or the model's in the Segmenter's dtype,

@@ -121,7 +121,7 @@ def png_bytes(outcome: Outcome, image: np.ndarray, options: Options, metadata: d
     if options.overlay:
         overlay(image, outcome.label, palette, metadata["class_names"], options.alpha).save(buffer, format="PNG")
     else:
-        label_picture(outcome.label, palette).save(buffer, format="PNG")
+        label_picture(outcome.label, palette).save(buffer, format="PNG", compress_level=1)  # fast; labels compress well
     return buffer.getvalue()
 
 
