@@ -17,13 +17,16 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(autouse=True)
-def fp32_torch_by_default(monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def fp32_torch_by_default():
     """Commands run the PyTorch model in fp32 unless a test asks otherwise: tests compare numbers with fp32
-    references, and on a CPU with AMX the default precision is bf16. Subprocesses inherit the settings;
-    tests/test_device.py checks the defaults themselves."""
-    monkeypatch.setenv("SEGFORMER_ENGINE", "torch")
-    monkeypatch.setenv("SEGFORMER_DTYPE", "fp32")
+    references, and on a CPU with AMX the default precision is bf16. Session-wide, so that module fixtures
+    see it too; subprocesses inherit it. tests/test_gpu_paths.py and tests/test_engines.py check the
+    defaults themselves."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGFORMER_ENGINE", "torch")
+        patch.setenv("SEGFORMER_DTYPE", "fp32")
+        yield
 
 
 @pytest.fixture(scope="session")
