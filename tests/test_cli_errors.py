@@ -149,7 +149,7 @@ def test_predict_singular_output_line_quiet_and_threads(images, weights, tmp_pat
         torch.set_num_threads(previous)
     captured = capsys.readouterr()
     assert captured.err == ""  # --quiet: no progress
-    assert f"wrote 1 label map and overlay to {tmp_path} (whole image, scale 64×32; torch)" in captured.out
+    assert f"wrote 1 label map and overlay to {tmp_path} (whole image, scale 64×32; torch fp32)" in captured.out
     assert "Segmenter(" not in captured.out
     assert run_cli(argv + ["--threads", "0"]) == 2
     assert "--threads: expected a number >= 1, got 0" in capsys.readouterr().err
