@@ -12,7 +12,7 @@ from segformer import create_model, resize
 from segformer.config import TestProtocol as Protocol  # aliased: pytest would collect a "Test…" class
 from segformer.constants import IMAGE_MEAN, IMAGE_STD
 from segformer.inference import Segmenter, sliding_windows, view_size
-from segformer.resize import resize_rows, upsampled_argmax
+from segformer.resize import resize_rows, resized_argmax
 
 K = 4
 
@@ -109,29 +109,36 @@ def blobs(batch: int, classes: int, h: int, w: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "shape, size, crop",
+    "shape, size, crop, final",
     [
-        ((2, 150, 32, 32), (128, 128), None),  # the ×4 of SegFormer's logits, a batch
-        ((1, 19, 25, 33), (100, 129), (97, 129)),  # odd factors, a crop (the padding of a small image)
-        ((1, 5, 40, 30), (40, 30), None),  # same size: the identity
-        ((1, 7, 30, 40), (21, 25), None),  # shrinking
+        ((2, 150, 32, 32), (128, 128), None, None),  # the ×4 of SegFormer's logits, a batch
+        ((1, 19, 25, 33), (100, 129), (97, 129), None),  # odd factors, a crop (the padding of a small image)
+        ((1, 5, 40, 30), (40, 30), None, None),  # same size: the identity
+        ((1, 7, 30, 40), (21, 25), None, None),  # shrinking
+        ((1, 150, 32, 44), (128, 176), None, (120, 171)),  # mmseg's second resize, to the original image
+        ((2, 6, 17, 23), (68, 92), (66, 90), (131, 45)),  # crop, then a second resize up and down
     ],
 )
-def test_upsampled_argmax_equals_the_argmax_of_interpolate(shape, size, crop, monkeypatch):
+def test_resized_argmax_equals_the_argmax_of_the_resizes(shape, size, crop, final, monkeypatch):
     logits = blobs(*shape, seed=sum(shape))
     height, width = crop or size
-    dense = F.interpolate(logits, size, mode="bilinear", align_corners=False)[..., :height, :width].argmax(1)
+    scores = F.interpolate(logits, size, mode="bilinear", align_corners=False)[..., :height, :width]
+    if final is not None:
+        scores = F.interpolate(scores, final, mode="bilinear", align_corners=False)
+    dense = scores.argmax(1)
     monkeypatch.setattr(resize, "CHUNK_PIXELS", 97)  # several chunks
-    assert torch.equal(upsampled_argmax(logits, size, crop), dense)  # the four-source shortcut
+    shortcut = resized_argmax(logits, size, crop, final)
+    assert torch.equal(shortcut, dense)  # only the boundary pixels interpolated
     monkeypatch.setattr(resize, "DENSE_SHARE", 0.0)
-    assert torch.equal(upsampled_argmax(logits, size, crop), dense)  # the dense fallback
+    assert torch.equal(resized_argmax(logits, size, crop, final, max_elements=5000), dense)  # the dense fallback
 
 
 def test_predict_takes_the_same_labels_as_the_argmax_of_the_scores(model):
     """``predict`` (labels from the low-resolution logits) against ``predict_logits`` (full-resolution scores)."""
-    for h, w in [(96, 128), (40, 52), (30, 70)]:  # tested at its own size; padded to 32 pixels (whole, no scale)
+    cases = [(96, 128, None), (40, 52, None), (30, 70, None), (50, 75, (64, 32)), (45, 60, (100, 80))]
+    for h, w, scale in cases:  # tested at its own size (padded to 32 pixels), or resized first (two resizes)
         image = random_image(h, w, seed=h)
-        segmenter = Segmenter(model, protocol(scale=None))
+        segmenter = Segmenter(model, protocol(scale=scale))
         assert np.array_equal(segmenter.predict(image), segmenter.predict_logits(image).argmax(0).numpy())
 
 

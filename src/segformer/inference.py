@@ -58,7 +58,7 @@ from segformer.config import TestProtocol
 from segformer.data import DATASETS, canonical_name, read_image
 from segformer.device import autocast_dtype, default_precision
 from segformer.model import MIN_INPUT_SIZE
-from segformer.resize import resize_rows, upsampled_argmax
+from segformer.resize import resize_rows, resized_argmax
 from segformer.transforms import normalize_image, rescale_size, resize_image
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -270,11 +270,14 @@ class Segmenter:
     def _labels(self, images: np.ndarray) -> list[np.ndarray]:
         batch, height, width = images.shape[:3]
         dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
-        if self.num_views == 1 and self.protocol.mode == "whole":
+        if self.num_views == 1 and self.protocol.mode == "whole" and self.device.type == "cpu":
+            # labels straight from the small logits (segformer.resize); a GPU runs the dense resize faster
             x = self._inputs(images, 1.0)
-            if tuple(x.shape[-2:]) == (height, width):  # tested at its own size: one resize, logits to labels
-                logits, padded = self._padded_logits(x)
-                return list(upsampled_argmax(logits, padded, (height, width)).to(dtype).cpu().numpy())
+            logits, padded = self._padded_logits(x)
+            resized = tuple(x.shape[-2:])
+            final = None if resized == (height, width) else (height, width)
+            labels = resized_argmax(logits, padded, resized, final, self.max_elements)
+            return list(labels.to(dtype).cpu().numpy())
         if batch * self.num_classes * height * width <= self.max_elements:
             labels = self._scores(images).argmax(1).to(dtype).cpu()
         else:  # huge image: keep the small per-view maps and resize + argmax one row tile at a time

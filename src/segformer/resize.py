@@ -2,10 +2,11 @@
 full-resolution scores than needed.
 
 * ``resize_rows``: a row tile of the resized scores, so huge images are resized and reduced tile by tile.
-* ``upsampled_argmax``: the argmax of upsampled logits. A bilinear output is a convex combination of its (up
-  to) four source pixels, so where those four share their argmax, the output's argmax is theirs; only the
-  pixels whose sources disagree (class boundaries) are interpolated, over the classes, one by one. The full
-  B×K×H×W scores, and the memory-bound passes over them, are never made.
+* ``resized_argmax``: the labels of resized logits (one resize, or mmseg's two: to the padded input, then to
+  the original image). A bilinear output is a convex combination of its source pixels (four for one resize,
+  at most nine for two), so where those share their argmax, the output's argmax is theirs; only the pixels
+  whose sources disagree (class boundaries) are interpolated, over the classes. The full B×K×H×W scores, and
+  the memory-bound passes over them, are never made.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Boundary pixels interpolated at once by ``upsampled_argmax`` (each gathers 4 K-vectors).
+# Boundary pixels interpolated at once by ``resized_argmax`` (each gathers 4 K-vectors per resize step).
 CHUNK_PIXELS = 1 << 11
 # Above this share of boundary pixels (noisy scores, e.g. an untrained model) the dense resize is cheaper.
 DENSE_SHARE = 0.4
@@ -49,37 +50,102 @@ def resize_rows(x: torch.Tensor, size: tuple[int, int], rows: slice) -> torch.Te
     return wide[..., i0 - first, :].mul_(a0[:, None]).add_(wide[..., i1 - first, :].mul_(a1[:, None]))
 
 
-def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], crop: tuple[int, int] | None = None) -> torch.Tensor:
-    """``F.interpolate(logits, size, mode="bilinear", align_corners=False)[..., :H, :W].argmax(1)``, B×H×W.
+Axis = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # per output index: i0, i1, w0, w1
 
-    Equal to it up to float rounding at exact ties between classes (the interpolation is the same, in the
-    same order; the four-source shortcut holds for monotone float arithmetic).
+
+def resized_argmax(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    crop: tuple[int, int] | None = None,
+    final: tuple[int, int] | None = None,
+    max_elements: int = 1 << 26,
+) -> torch.Tensor:
+    """The labels of logits resized bilinearly to ``size``, cropped to ``crop``, then resized to ``final``: B×H×W.
+
+    Equal to the argmax of those resizes (``F.interpolate``, then ``resize_rows``) up to float rounding at exact
+    ties between classes: every interpolated value is computed as they compute it, in the same order.
 
     Args:
         logits: B×K×h×w.
-        size: the size (H', W') the logits are resized to.
-        crop: (H, W) ≤ ``size``: the top-left part kept (the image inside the padding); default all of it.
+        size: the size the logits are first resized to (mmseg resizes them to the padded input).
+        crop: the top-left part of ``size`` kept (the image inside the padding); default all of it.
+        final: a second resize, of the cropped scores to this size (the original image's); default none.
+        max_elements: largest B×K×rows×W block the dense fallback (noisy scores) builds at once.
     """
-    batch, _, h, w = logits.shape
-    height, width = crop or size
-    y0, y1, wy0, wy1 = _linear_weights(h, size[0], 0, height, logits.device)
-    x0, x1, wx0, wx1 = _linear_weights(w, size[1], 0, width, logits.device)
+    crop = crop or size
+    device = logits.device
+    first = [_linear_weights(n, m, 0, k, device) for n, m, k in zip(logits.shape[-2:], size, crop, strict=True)]
+    second = [_linear_weights(n, m, 0, m, device) for n, m in zip(crop, final, strict=True)] if final else [None] * 2
+    spans = [_source_span(a, b) for a, b in zip(first, second, strict=True)]
     low = logits.argmax(1)
-    rows0, rows1 = low[:, y0], low[:, y1]
-    labels = rows0[:, :, x0]
-    boundary = (labels != rows0[:, :, x1]) | (labels != rows1[:, :, x0]) | (labels != rows1[:, :, x1])
+    labels, boundary = _uniform_labels(low, *spans)
     boundary_pixels = boundary.nonzero()
-    if len(boundary_pixels) > DENSE_SHARE * boundary.numel():  # noisy scores: the dense pass is cheaper
-        dense = F.interpolate(logits, size, mode="bilinear", align_corners=False)
-        return dense[..., :height, :width].argmax(1)
-    classes = logits.shape[1]
-    pixels = logits.permute(0, 2, 3, 1).reshape(-1, classes)  # one K-vector per source pixel
-    for chunk in boundary_pixels.split(CHUNK_PIXELS):
+    if len(boundary_pixels) > DENSE_SHARE * boundary.numel():  # noisy scores: the dense resize is cheaper
+        return _dense_argmax(logits, size, crop, final, max_elements)
+    pixels = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])  # one K-vector per source pixel
+    for chunk in boundary_pixels.split(CHUNK_PIXELS if final is None else CHUNK_PIXELS // 4):
         b, i, j = chunk.unbind(1)
-        top, bottom = (b * h + y0[i]) * w, (b * h + y1[i]) * w
-        corners = torch.stack([top + x0[j], top + x1[j], bottom + x0[j], bottom + x1[j]])
-        v = pixels.index_select(0, corners.view(-1)).view(4, len(chunk), classes)
-        upper = v[0].mul_(wx0[j, None]).add_(v[1].mul_(wx1[j, None]))
-        lower = v[2].mul_(wx0[j, None]).add_(v[3].mul_(wx1[j, None]))
-        labels[b, i, j] = upper.mul_(wy0[i, None]).add_(lower.mul_(wy1[i, None])).argmax(1)
+        if final is None:
+            scores = _bilinear(pixels, low.shape[-2:], b, i, j, *first)
+        else:
+            (r0, r1, vy0, vy1), (q0, q1, vx0, vx1) = (t[i] for t in second[0]), (t[j] for t in second[1])
+            corner = [_bilinear(pixels, low.shape[-2:], b, r, q, *first) for r in (r0, r1) for q in (q0, q1)]
+            upper = corner[0].mul_(vx0[:, None]).add_(corner[1].mul_(vx1[:, None]))
+            lower = corner[2].mul_(vx0[:, None]).add_(corner[3].mul_(vx1[:, None]))
+            scores = upper.mul_(vy0[:, None]).add_(lower.mul_(vy1[:, None]))
+        labels[b, i, j] = scores.argmax(1)
     return labels
+
+
+def _source_span(first: Axis, second: Axis | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output index of one axis: the first and the last source index its value depends on."""
+    i0, i1 = first[0], first[1]
+    return (i0, i1) if second is None else (i0[second[0]], i1[second[1]])
+
+
+def _uniform_labels(
+    low: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], cols: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each output pixel's source label where all its sources share it, and where they do not (the boundary).
+
+    A pixel's sources lie in the window of its spans; the check takes the largest span of each axis from
+    the first source index on (a superset near the edges of other spans: exact, never wrong).
+    """
+    kh, kw = int((rows[1] - rows[0]).max()) + 1, int((cols[1] - cols[0]).max()) + 1
+    padded = F.pad(low[:, None].float(), (0, kw - 1, 0, kh - 1), mode="replicate")
+    same = F.max_pool2d(padded, (kh, kw), stride=1) == -F.max_pool2d(-padded, (kh, kw), stride=1)
+    labels = low[:, rows[0]][:, :, cols[0]]
+    return labels, ~same[:, 0][:, rows[0]][:, :, cols[0]]
+
+
+def _bilinear(
+    pixels: torch.Tensor, shape: torch.Size, b: torch.Tensor, r: torch.Tensor, q: torch.Tensor, rows: Axis, cols: Axis
+) -> torch.Tensor:
+    """n×K values at outputs (b, r, q) of the bilinear resize ``rows`` × ``cols`` of B·h·w×K ``pixels``, in
+    the order of PyTorch's kernel (along the width, then the height)."""
+    h, w = shape
+    y0, y1, wy0, wy1 = (t[r] for t in rows)
+    x0, x1, wx0, wx1 = (t[q] for t in cols)
+    top, bottom = (b * h + y0) * w, (b * h + y1) * w
+    corners = torch.stack([top + x0, top + x1, bottom + x0, bottom + x1])
+    v = pixels.index_select(0, corners.view(-1)).view(4, len(b), pixels.shape[1])
+    upper = v[0].mul_(wx0[:, None]).add_(v[1].mul_(wx1[:, None]))
+    lower = v[2].mul_(wx0[:, None]).add_(v[3].mul_(wx1[:, None]))
+    return upper.mul_(wy0[:, None]).add_(lower.mul_(wy1[:, None]))
+
+
+def _dense_argmax(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    crop: tuple[int, int],
+    final: tuple[int, int] | None,
+    max_elements: int,
+) -> torch.Tensor:
+    """``resized_argmax`` the direct way: the full scores, the second resize and its argmax in row tiles."""
+    scores = F.interpolate(logits, size, mode="bilinear", align_corners=False)[..., : crop[0], : crop[1]]
+    if final is None:
+        return scores.argmax(1)
+    (height, width), (batch, classes) = final, logits.shape[:2]
+    step = max(1, max_elements // (batch * classes * width))
+    tiles = [slice(r, min(r + step, height)) for r in range(0, height, step)]
+    return torch.cat([resize_rows(scores, final, rows).argmax(1) for rows in tiles], dim=1)
