@@ -52,7 +52,8 @@ def prepare(variant: str, folder: Path) -> None:
         export_onnx(random_model(variant), fp32, SIZE, SIZE)
     if not int8.is_file():
         scenes = SyntheticDataset(num=8, size=(SIZE, SIZE), split="val")
-        quantize_int8(fp32, int8, (scenes[i][0] for i in range(len(scenes))), (SIZE, SIZE))
+        protocol = TestProtocol(scale=None)  # the 512×512 scenes as they are
+        quantize_int8(fp32, int8, (scenes[i][0] for i in range(len(scenes))), protocol)
 
 
 def runner(engine: str, variant: str, folder: Path, threads: int):

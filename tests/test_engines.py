@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import segformer
 import segformer.engines as engines
 from segformer.cli import main as cli_main
+from segformer.config import TestProtocol
 from segformer.data import SYNTHETIC_CLASSES, SyntheticDataset, build_dataset, write_synthetic
 from segformer.engines import OnnxRuntimeEngine, build_engine, cache_folder, cached_onnx, weights_hash
 from segformer.inference import Segmenter
@@ -34,7 +35,12 @@ def briefly_trained(steps: int = 60) -> segformer.SegFormer:
     """A B0 trained for a few Adam steps on synthetic shapes: confident, structured logits (random weights give
     near-tied logits whose argmax flips under any rounding, which says nothing about quantisation)."""
     torch.manual_seed(0)
-    model = segformer.create_model("b0", num_classes=len(SYNTHETIC_CLASSES), class_names=list(SYNTHETIC_CLASSES))
+    model = segformer.create_model(
+        "b0",
+        num_classes=len(SYNTHETIC_CLASSES),
+        class_names=list(SYNTHETIC_CLASSES),
+        protocol=TestProtocol(scale=None),  # tested (and calibrated) at the images' own 64×64
+    )
     data = SyntheticDataset(num=32, size=(SIZE, SIZE), split="train", seed=1)
     images = torch.stack([torch.from_numpy(data[i][0]) for i in range(len(data))]).permute(0, 3, 1, 2).float()
     masks = torch.stack([torch.from_numpy(data[i][1]) for i in range(len(data))]).long()
@@ -169,3 +175,13 @@ def test_cli_serve_runs_an_int8_onnx_file(exported):
         int8 = make_segmenter(exported["model"], None, OnnxRuntimeEngine(folder / "model.int8.onnx"))
         np.testing.assert_array_equal(labels_of(answer.content), int8.predict(image))
         stop(process)
+
+
+def test_calibration_inputs_follow_the_test_protocol():
+    """int8 calibration sees images as the model is tested: resized by the protocol, normalised by its mean/std."""
+    protocol = TestProtocol(scale=(2048, 512), mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 8.0))
+    image = np.empty((64, 96, 3), np.uint8)
+    image[:] = (12, 24, 38)
+    x = engines.test_input(image, protocol)
+    assert x.shape == (1, 3, 512, 768) and x.dtype == np.float32  # short side to 512, keeping the ratio
+    np.testing.assert_allclose(x[0], np.ones((3, 512, 768)))  # (12 - 10) / 2, (24 - 20) / 4, (38 - 30) / 8

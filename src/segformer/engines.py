@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from huggingface_hub import constants as hub_constants
 
-from segformer.constants import IMAGE_MEAN, IMAGE_STD
+from segformer.config import TestProtocol
 from segformer.export import export_onnx
 from segformer.fileio import atomic_write
+from segformer.inference import resize_for_test
 from segformer.model import SegFormer
 from segformer.pretrained import from_pretrained, resolve_source
-from segformer.transforms import normalize_image, resize_image
+from segformer.transforms import normalize_image
 
 if TYPE_CHECKING:
     import onnx
@@ -161,9 +162,9 @@ def load_for_inference(
     return model, build_engine(name, model, file), name
 
 
-def normalise(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """1×3×H×W float32 input of an H×W×3 uint8 RGB image resized (bilinear) to ``size`` (h, w)."""
-    x = normalize_image(resize_image(image, size), IMAGE_MEAN, IMAGE_STD)
+def test_input(image: np.ndarray, protocol: TestProtocol) -> np.ndarray:
+    """1×3×H×W float32 network input of an H×W×3 uint8 RGB image, resized and normalised as ``protocol`` tests."""
+    x = normalize_image(resize_for_test(image, protocol), protocol.mean, protocol.std)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
@@ -230,7 +231,7 @@ def fuse_bias(model: onnx.ModelProto) -> int:
     return len(replaced)
 
 
-def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.ndarray], size: tuple[int, int]) -> Path:
+def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.ndarray], protocol: TestProtocol) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights) of an fp32 ONNX model, calibrated on ``images``.
 
     The graph is first prepared with ONNX Runtime's ``quant_pre_process`` (symbolic shape inference and
@@ -245,7 +246,8 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
         source: the fp32 ``.onnx`` file.
         target: the int8 ``.onnx`` file to write.
         images: H×W×3 uint8 RGB calibration images (a few dozen real images of the dataset).
-        size: (h, w) the images are resized to: the model's test size.
+        protocol: the model's test protocol: each image is resized and normalised as the model is tested
+            (whole image at the test scale), so the calibrated ranges are the ones the model meets.
     """
     import onnx  # optional dependency (segformer[export]): imported only when quantising
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -253,7 +255,7 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = ({"pixel_values": normalise(image, size)} for image in images)
+            self.batches = ({"pixel_values": test_input(image, protocol)} for image in images)
 
         def get_next(self) -> dict | None:
             return next(self.batches, None)

@@ -10,16 +10,20 @@ from __future__ import annotations
 # `segformer COMMAND --help` stay fast.
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segformer.export import DEFAULT_OPSET, FORMATS
+
+if TYPE_CHECKING:
+    from segformer.config import TestProtocol
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="file to write (.onnx or .pt2)")
     parser.add_argument("--weights", required=True, help="checkpoint file, directory or hub id, any layout")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx or pt2 (torch.export)")
-    parser.add_argument("--height", type=int, default=512, help="example height of the trace and calibration")
-    parser.add_argument("--width", type=int, default=512, help="example width of the trace and calibration")
+    parser.add_argument("--height", type=int, default=512, help="example height of the trace and the check")
+    parser.add_argument("--width", type=int, default=512, help="example width of the trace and the check")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     parser.add_argument("--quantize", choices=["int8"], help="also write OUT.int8.onnx (static int8, QDQ)")
     parser.add_argument("--calibrate", metavar="DATASET", help="dataset of the calibration images (e.g. ade20k)")
@@ -56,8 +60,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--calibration-images must be at least 1, got {args.calibration_images}")
 
 
-def quantize(args: argparse.Namespace) -> Path:
-    """Write the int8 model calibrated on the first ``--calibration-images`` images of the dataset."""
+def quantize(args: argparse.Namespace, protocol: TestProtocol) -> Path:
+    """Write the int8 model calibrated on the first ``--calibration-images`` images of the dataset, each resized
+    and normalised by the model's test ``protocol``."""
     from segformer.data import build_dataset
     from segformer.engines import quantize_int8
 
@@ -66,7 +71,7 @@ def quantize(args: argparse.Namespace) -> Path:
     if count == 0:
         raise ValueError(f"{args.data_root}: no {args.split} images to calibrate on")
     images = (dataset.load(i)[0] for i in range(count))
-    target = quantize_int8(args.output, int8_path(args.output), images, (args.height, args.width))
+    target = quantize_int8(args.output, int8_path(args.output), images, protocol)
     print(f"wrote {target} (int8 QDQ, calibrated on {count} {args.calibrate} {args.split} images)")
     return target
 
@@ -97,5 +102,11 @@ def run(args: argparse.Namespace) -> int:
     if diff > 1e-3:
         raise ValueError(f"{args.output}: onnxruntime differs from PyTorch by {diff:.1e} (> 1e-3)")
     if args.quantize:
-        quantize(args)
+        from segformer.config import TestProtocol
+
+        protocol = model.config.protocol
+        if protocol is None:
+            protocol = TestProtocol()
+            print("the weights record no test protocol: calibrating at the legacy default (whole, scale 2048×512)")
+        quantize(args, protocol)
     return 0
