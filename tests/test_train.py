@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -16,7 +17,7 @@ from segformer.data.synthetic import write_synthetic
 from segformer.model import create_model
 from segformer.plots import nice_ticks
 from segformer.pretrained import from_pretrained
-from segformer.recipe import load_recipe, packaged_recipes
+from segformer.recipe import dump_recipe, load_recipe, packaged_recipes
 from segformer.train import autocast_dtype, build_model, segmentation_loss, train, train_step
 from segformer.training.optim import build_optimizer, set_lr
 
@@ -158,8 +159,13 @@ def test_overrides_are_type_checked_and_unknown_keys_named(tmp_path):
         load_recipe("ade20k-b0", ["precision=fp8"])
     partial = tmp_path / "partial.toml"
     partial.write_text("seed = 0\n")
-    with pytest.raises(ValueError, match=r"partial.toml: missing key precision"):
+    with pytest.raises(ValueError, match=r"partial.toml: missing key precision .*or pass --set precision=VALUE"):
         load_recipe(partial)
+    older = tmp_path / "older.toml"  # a run folder's recipe from before the [train] section existed
+    older.write_text(re.sub(r"\[train\][^\[]*", "", dump_recipe(load_recipe("demo"))))
+    with pytest.raises(ValueError, match=r"missing section \[train\].* --set train.compile=VALUE"):
+        load_recipe(older)
+    assert load_recipe(older, ["train.compile=auto", "train.channels_last=auto"]) == load_recipe("demo")
     with pytest.raises(ValueError, match=r"unknown recipe 'ade20k-b9'"):
         load_recipe("ade20k-b9")
 

@@ -135,7 +135,14 @@ def _build(cls: type, table: dict, where: str, source: str) -> object:
         raise ValueError(f"{source}: unknown key {where}{unknown[0]}; {section} has: {', '.join(hints)}")
     missing = [k for k in hints if k not in table]
     if missing:
-        raise ValueError(f"{source}: missing key {where}{missing[0]} (every recipe key must be given)")
+        key = f"{where}{missing[0]}"
+        if dataclasses.is_dataclass(hints[missing[0]]):
+            sets = " ".join(f"--set {key}.{name}=VALUE" for name in _hints(hints[missing[0]]))
+            raise ValueError(f"{source}: missing section [{key}] (every recipe key must be given): add it, or {sets}")
+        raise ValueError(
+            f"{source}: missing key {key} (every recipe key must be given): add it to the file or pass "
+            f"--set {key}=VALUE (a run folder from an older version lacks the keys added since)"
+        )
     values = {}
     for key, hint in hints.items():
         if dataclasses.is_dataclass(hint):
