@@ -35,8 +35,10 @@ global. The logits are returned in float32 whatever the dtype.
 On the CPU the network runs eagerly, in bf16 autocast where the CPU has AMX (``segformer.device.default_precision``:
 1.7-1.9× fp32 for B0/B2 at 512², labels agreeing with fp32 on 99.99% of the demo's pixels), else in fp32.
 
-Resizing the scores to the original size is done in row tiles (``resize_rows``), so ``predict`` on a huge image
-never builds the full-resolution K×H×W scores when only labels are needed.
+``predict`` never builds the full-resolution K×H×W scores when only labels are needed: on the CPU, with one
+view of the whole image, the labels come from the network's small logits and only class-boundary pixels are
+interpolated (``segformer.resize.resized_argmax``); otherwise the scores are resized in row tiles
+(``resize_rows``) when the full scores would be large.
 """
 
 from __future__ import annotations
