@@ -231,16 +231,35 @@ def fuse_bias(model: onnx.ModelProto) -> int:
     return len(replaced)
 
 
+def fuse_float_ops(source: str | Path, target: str | Path) -> None:
+    """ONNX Runtime's transformer fusions on an fp32 graph: GELU's erf form into one ``Gelu``, residual
+    ``Add`` + ``LayerNormalization`` into ``SkipLayerNormalization`` (``onnxruntime.transformers``).
+
+    Used before quantising: the float part is most of an int8 SegFormer's time (B0 int8 79 → 72 ms at 512²,
+    docs/PERFORMANCE.md). The fp32 engine gains nothing measurable from them, and ``segformer export`` keeps
+    plain ONNX that other runtimes read.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.enable_attention = False  # SegFormer's reduced attention matches none of its patterns
+    model = optimize_model(
+        str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=0, optimization_options=options
+    )
+    model.save_model_to_file(str(target))
+
+
 def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.ndarray], protocol: TestProtocol) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights) of an fp32 ONNX model, calibrated on ``images``.
 
-    The graph is first prepared with ONNX Runtime's ``quant_pre_process`` (symbolic shape inference and
-    graph fusions), as ONNX Runtime recommends. Then the dense convolutions and the matrix products with a
-    constant weight are quantised (weights per output channel); ``float_nodes`` stay in float: quantised,
-    attention's products cost a quantised softmax and int8 transposes, slower than the float ``FusedMatMul``
-    they replace. The products' outputs are not quantised, so ONNX Runtime runs them as
-    ``MatMulIntegerToFloat`` (int8 in, float out) without a Quantize/Dequantize pair, with the bias folded in
-    by ``fuse_bias``. Normalisations, softmax and resizes stay in float.
+    The graph is first fused (``fuse_float_ops``) and prepared with ONNX Runtime's ``quant_pre_process``
+    (symbolic shape inference and graph fusions), as ONNX Runtime recommends. Then the dense convolutions and
+    the matrix products with a constant weight are quantised (weights per output channel); ``float_nodes``
+    stay in float: quantised, attention's products cost a quantised softmax and int8 transposes, slower than
+    the float ``FusedMatMul`` they replace. The products' outputs are not quantised, so ONNX Runtime runs them
+    as ``MatMulIntegerToFloat`` (int8 in, float out) without a Quantize/Dequantize pair, with the bias folded
+    in by ``fuse_bias``. Normalisations, softmax and resizes stay in float.
 
     Args:
         source: the fp32 ``.onnx`` file.
@@ -262,8 +281,9 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
 
     def write(tmp: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            prepared = Path(folder) / "prepared.onnx"
-            quant_pre_process(str(source), str(prepared))
+            fused, prepared = Path(folder) / "fused.onnx", Path(folder) / "prepared.onnx"
+            fuse_float_ops(source, fused)
+            quant_pre_process(str(fused), str(prepared))
             quantize_static(
                 str(prepared),
                 tmp,
