@@ -33,7 +33,7 @@ serve a whole dataset. Other sizes run eagerly: padding them would change the lo
 global. The logits are returned in float32 whatever the dtype.
 
 On the CPU the network runs eagerly, in bf16 autocast where the CPU has AMX (``segformer.device.default_precision``:
-1.7-1.9× fp32 for B0/B2 at 512², labels agreeing with fp32 on 99.99% of the demo's pixels), else in fp32.
+1.5-1.8× fp32 for B0/B2 at 512², labels agreeing with fp32 on 99.99% of the demo's pixels), else in fp32.
 
 ``predict`` never builds the full-resolution K×H×W scores when only labels are needed: on the CPU, with one
 view of the whole image, the labels come from the network's small logits and only class-boundary pixels are
