@@ -70,7 +70,8 @@ def resized_argmax(
         size: the size the logits are first resized to (mmseg resizes them to the padded input).
         crop: the top-left part of ``size`` kept (the image inside the padding); default all of it.
         final: a second resize, of the cropped scores to this size (the original image's); default none.
-        max_elements: largest B×K×rows×W block the dense fallback (noisy scores) builds at once.
+        max_elements: largest B×K×rows×W block of the second resize the dense fallback (noisy scores) builds
+            at once.
     """
     crop = crop or size
     device = logits.device
@@ -89,10 +90,8 @@ def resized_argmax(
             scores = _bilinear(pixels, low.shape[-2:], b, i, j, *first)
         else:
             (r0, r1, vy0, vy1), (q0, q1, vx0, vx1) = (t[i] for t in second[0]), (t[j] for t in second[1])
-            corner = [_bilinear(pixels, low.shape[-2:], b, r, q, *first) for r in (r0, r1) for q in (q0, q1)]
-            upper = corner[0].mul_(vx0[:, None]).add_(corner[1].mul_(vx1[:, None]))
-            lower = corner[2].mul_(vx0[:, None]).add_(corner[3].mul_(vx1[:, None]))
-            scores = upper.mul_(vy0[:, None]).add_(lower.mul_(vy1[:, None]))
+            corners = [_bilinear(pixels, low.shape[-2:], b, r, q, *first) for r in (r0, r1) for q in (q0, q1)]
+            scores = _blend(*corners, vx0, vx1, vy0, vy1)
         labels[b, i, j] = scores.argmax(1)
     return labels
 
@@ -129,9 +128,18 @@ def _bilinear(
     top, bottom = (b * h + y0) * w, (b * h + y1) * w
     corners = torch.stack([top + x0, top + x1, bottom + x0, bottom + x1])
     v = pixels.index_select(0, corners.view(-1)).view(4, len(b), pixels.shape[1])
-    upper = v[0].mul_(wx0[:, None]).add_(v[1].mul_(wx1[:, None]))
-    lower = v[2].mul_(wx0[:, None]).add_(v[3].mul_(wx1[:, None]))
-    return upper.mul_(wy0[:, None]).add_(lower.mul_(wy1[:, None]))
+    return _blend(*v, wx0, wx1, wy0, wy1)
+
+
+def _blend(
+    v00: torch.Tensor, v01: torch.Tensor, v10: torch.Tensor, v11: torch.Tensor, *weights: torch.Tensor
+) -> torch.Tensor:
+    """(v00·wx0 + v01·wx1)·wy0 + (v10·wx0 + v11·wx1)·wy1 of n×K corner values with n weights each (``weights``
+    = wx0, wx1, wy0, wy1), in PyTorch's order; computed in place in the corners' memory."""
+    wx0, wx1, wy0, wy1 = (w[:, None] for w in weights)
+    upper = v00.mul_(wx0).add_(v01.mul_(wx1))
+    lower = v10.mul_(wx0).add_(v11.mul_(wx1))
+    return upper.mul_(wy0).add_(lower.mul_(wy1))
 
 
 def _dense_argmax(
