@@ -20,7 +20,7 @@ from segformer.cli import main as cli_main
 from segformer.config import TestProtocol
 from segformer.data import SYNTHETIC_CLASSES, SyntheticDataset, build_dataset, write_synthetic
 from segformer.engines import OnnxRuntimeEngine, build_engine, cache_folder, cached_onnx, weights_hash
-from segformer.inference import Segmenter
+from segformer.inference import Segmenter, network_input
 from segformer.serve.predictor import make_segmenter
 from test_serve import cli_server, encode, labels_of, stop
 
@@ -155,13 +155,12 @@ def test_build_engine_finds_the_cached_export(exported, monkeypatch):
     with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
         build_engine("tensorrt", model, weights)
     monkeypatch.delenv("SEGFORMER_ENGINE")
-    assert engines.default_engine(torch.device("cpu")) == "torch"  # ONNX Runtime is opt-in
-    assert engines.default_engine(torch.device("cuda")) == "torch"
+    assert engines.default_engine() == "torch"  # on every device: ONNX Runtime is opt-in
     monkeypatch.setenv("SEGFORMER_ENGINE", "onnxruntime")
-    assert engines.default_engine(torch.device("cpu")) == "onnxruntime"
+    assert engines.default_engine() == "onnxruntime"
     monkeypatch.setenv("SEGFORMER_ENGINE", "tensorrt")
     with pytest.raises(ValueError, match="SEGFORMER_ENGINE=tensorrt"):
-        engines.default_engine(torch.device("cpu"))
+        engines.default_engine()
 
 
 def test_cli_serve_runs_an_int8_onnx_file(exported):
@@ -182,6 +181,6 @@ def test_calibration_inputs_follow_the_test_protocol():
     protocol = TestProtocol(scale=(2048, 512), mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 8.0))
     image = np.empty((64, 96, 3), np.uint8)
     image[:] = (12, 24, 38)
-    x = engines.test_input(image, protocol)
+    x = network_input([image], protocol)
     assert x.shape == (1, 3, 512, 768) and x.dtype == np.float32  # short side to 512, keeping the ratio
     np.testing.assert_allclose(x[0], np.ones((3, 512, 768)))  # (12 - 10) / 2, (24 - 20) / 4, (38 - 30) / 8

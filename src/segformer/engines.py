@@ -24,10 +24,9 @@ from huggingface_hub import constants as hub_constants
 from segformer.config import TestProtocol
 from segformer.export import export_onnx
 from segformer.fileio import atomic_write
-from segformer.inference import resize_for_test
+from segformer.inference import network_input
 from segformer.model import SegFormer
 from segformer.pretrained import from_pretrained, resolve_source
-from segformer.transforms import normalize_image
 
 if TYPE_CHECKING:
     import onnx
@@ -46,7 +45,7 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def default_engine(device: torch.device) -> str:
+def default_engine() -> str:
     """``$SEGFORMER_ENGINE`` when set, else "torch".
 
     ONNX Runtime is opt-in: measured one engine per process on 2 cores (``benchmarks/cpu_engines.py``), its fp32
@@ -146,13 +145,13 @@ def load_for_inference(
     Args:
         weights: a checkpoint file, folder or hub id; or an ``.onnx`` file (fp32 or int8) to run as it is.
         device: where the model runs; ONNX Runtime runs on the CPU only.
-        engine: "torch" or "onnxruntime"; default ``default_engine(device)`` (always ONNX Runtime for an .onnx file).
+        engine: "torch" or "onnxruntime"; default ``default_engine()`` (always ONNX Runtime for an .onnx file).
         model_source: with an ``.onnx`` file, the checkpoint whose config gives the classes and the protocol.
     """
     onnx_file = str(weights).endswith(".onnx")
     if onnx_file and model_source is None:
         raise ValueError(f"{weights}: an .onnx file needs the checkpoint it came from for its classes (--model DIR)")
-    name = engine or ("onnxruntime" if onnx_file else default_engine(device))
+    name = engine or ("onnxruntime" if onnx_file else default_engine())
     if name == "onnxruntime" and device.type != "cpu":
         raise ValueError(f"--engine onnxruntime runs on the CPU, not on --device {device}")
     if onnx_file and name != "onnxruntime":
@@ -160,12 +159,6 @@ def load_for_inference(
     model = from_pretrained(model_source if onnx_file else weights, map_location=device)
     file = Path(weights) if onnx_file else resolve_source(weights).weights
     return model, build_engine(name, model, file), name
-
-
-def test_input(image: np.ndarray, protocol: TestProtocol) -> np.ndarray:
-    """1×3×H×W float32 network input of an H×W×3 uint8 RGB image, resized and normalised as ``protocol`` tests."""
-    x = normalize_image(resize_for_test(image, protocol), protocol.mean, protocol.std)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
 def float_nodes(path: str | Path) -> list[str]:
@@ -274,7 +267,7 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = ({"pixel_values": test_input(image, protocol)} for image in images)
+            self.batches = ({"pixel_values": network_input([image], protocol)} for image in images)
 
         def get_next(self) -> dict | None:
             return next(self.batches, None)

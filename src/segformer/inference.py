@@ -60,7 +60,7 @@ from segformer.config import TestProtocol
 from segformer.data import DATASETS, canonical_name, read_image
 from segformer.device import autocast_dtype, default_precision
 from segformer.model import MIN_INPUT_SIZE
-from segformer.resize import resize_rows, resized_argmax
+from segformer.resize import resize_rows, resized_argmax, row_tiles
 from segformer.transforms import normalize_image, rescale_size, resize_image
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -97,6 +97,15 @@ def resize_for_test(image: np.ndarray, protocol: TestProtocol, ratio: float = 1.
     if protocol.size_divisor is not None:
         image = resize_image(image, aligned_size(*size, protocol.size_divisor))
     return image
+
+
+def network_input(images: Sequence[np.ndarray], protocol: TestProtocol, ratio: float = 1.0) -> np.ndarray:
+    """B×3×H×W float32 network input of equal-size H×W×3 uint8 RGB images, each resized (``resize_for_test``)
+    and normalised as ``protocol`` tests them at scale ``ratio``."""
+    batch = np.stack(
+        [normalize_image(resize_for_test(image, protocol, ratio), protocol.mean, protocol.std) for image in images]
+    )
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
 def compiled_size(height: int, width: int, multiple: int = COMPILE_MULTIPLE) -> bool:
@@ -266,8 +275,7 @@ class Segmenter:
                 m.training = flag
 
     def _row_tiles(self, batch: int, height: int, width: int) -> list[slice]:
-        step = max(1, self.max_elements // (batch * self.num_classes * width))
-        return [slice(r, min(r + step, height)) for r in range(0, height, step)]
+        return row_tiles(batch * self.num_classes, height, width, self.max_elements)
 
     def _labels(self, images: np.ndarray) -> list[np.ndarray]:
         batch, height, width = images.shape[:3]
@@ -324,9 +332,7 @@ class Segmenter:
 
     def _inputs(self, images: np.ndarray, ratio: float) -> torch.Tensor:
         """The normalised B×3×H×W batch of ``images`` resized for the test at scale ``ratio``."""
-        mean, std = self.protocol.mean, self.protocol.std
-        batch = np.stack([normalize_image(resize_for_test(image, self.protocol, ratio), mean, std) for image in images])
-        return torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(network_input(images, self.protocol, ratio)).to(self.device)
 
     def _encode_decode(self, x: torch.Tensor) -> torch.Tensor:
         """mmseg ``encode_decode``: logits of the normalised batch ``x`` resized to its size (padded if too small)."""

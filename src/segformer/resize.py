@@ -50,6 +50,13 @@ def resize_rows(x: torch.Tensor, size: tuple[int, int], rows: slice) -> torch.Te
     return wide[..., i0 - first, :].mul_(a0[:, None]).add_(wide[..., i1 - first, :].mul_(a1[:, None]))
 
 
+def row_tiles(planes: int, height: int, width: int, max_elements: int) -> list[slice]:
+    """Row slices of a ``planes``×``height``×``width`` block (planes = batch × classes), each at most
+    ``max_elements`` values (at least one row)."""
+    step = max(1, max_elements // (planes * width))
+    return [slice(r, min(r + step, height)) for r in range(0, height, step)]
+
+
 Axis = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # per output index: i0, i1, w0, w1
 
 
@@ -153,7 +160,5 @@ def _dense_argmax(
     scores = F.interpolate(logits, size, mode="bilinear", align_corners=False)[..., : crop[0], : crop[1]]
     if final is None:
         return scores.argmax(1)
-    (height, width), (batch, classes) = final, logits.shape[:2]
-    step = max(1, max_elements // (batch * classes * width))
-    tiles = [slice(r, min(r + step, height)) for r in range(0, height, step)]
+    tiles = row_tiles(logits.shape[0] * logits.shape[1], *final, max_elements)
     return torch.cat([resize_rows(scores, final, rows).argmax(1) for rows in tiles], dim=1)
