@@ -161,21 +161,32 @@ def load_for_inference(
     return model, build_engine(name, model, file), name
 
 
-def float_nodes(path: str | Path) -> list[str]:
-    """Names of the nodes of an ONNX file that int8 makes slower: attention's activation×activation MatMuls
-    (QK^T and AV) and the depthwise convolutions (memory-bound: their Quantize/Dequantize cost more than they save).
+def int8_nodes(path: str | Path) -> list[str]:
+    """Names of the nodes of an ONNX SegFormer that ``quantize_int8`` quantises.
+
+    * The dense convolutions and the matrix products with a constant weight. Attention's activation×activation
+      products (QKᵀ, AV) stay float: quantised, they cost a quantised softmax and int8 transposes, slower than
+      the float ``FusedMatMul`` they replace. So do the depthwise convolutions: memory-bound, their
+      Quantize/Dequantize cost more than they save.
+    * The decoder's sum (``segformer.fast.fuse``): the upsampling ``Resize`` nodes, the ``Add`` nodes summing
+      their outputs with stage 1's map, and the ``Relu`` after them. In uint8 they move a quarter of the bytes,
+      and the sum's Quantize is the classifier's input; in float they were a fifth of B0's int8 time at 512²
+      (docs/PERFORMANCE.md).
     """
     import onnx  # optional dependency (segformer[export]): only the quantiser needs it
 
     graph = onnx.load(str(path)).graph
     constants = {tensor.name for tensor in graph.initializer}
-    activations = [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] not in constants]
-    depthwise = [
-        node.name
-        for node in graph.node
-        if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
-    ]
-    return activations + depthwise
+    names, summed = [], set()
+    for node in graph.node:  # topological order: an Add's inputs come before it
+        dense_conv = node.op_type == "Conv" and all(a.i == 1 for a in node.attribute if a.name == "group")
+        weighted = dense_conv or (node.op_type == "MatMul" and node.input[1] in constants)
+        in_sum = node.op_type == "Resize" or (node.op_type in ("Add", "Relu") and summed.intersection(node.input))
+        if in_sum:
+            summed.update(node.output)
+        if weighted or in_sum:
+            names.append(node.name)
+    return names
 
 
 def fuse_bias(model: onnx.ModelProto) -> int:
@@ -211,10 +222,12 @@ def fuse_bias(model: onnx.ModelProto) -> int:
             "MatMulIntegerToFloat", inputs, add.output, name=node.name, domain="com.microsoft"
         )
         adds.add(id(add))
-    unused = {  # Dequantize nodes whose every user was fused
+    unused = {  # Dequantize nodes whose every user was fused (a graph output has none, and stays)
         id(node)
         for node in graph.node
-        if node.op_type == "DequantizeLinear" and all(id(user) in replaced for user in users.get(node.output[0], []))
+        if node.op_type == "DequantizeLinear"
+        and node.output[0] in users
+        and all(id(user) in replaced for user in users[node.output[0]])
     }
     nodes = [replaced.get(id(node), node) for node in graph.node if id(node) not in adds | unused]
     del graph.node[:]
@@ -248,11 +261,10 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
 
     The graph is first fused (``fuse_float_ops``) and prepared with ONNX Runtime's ``quant_pre_process``
     (symbolic shape inference and graph fusions), as ONNX Runtime recommends. Then the dense convolutions and
-    the matrix products with a constant weight are quantised (weights per output channel); ``float_nodes``
-    stay in float: quantised, attention's products cost a quantised softmax and int8 transposes, slower than
-    the float ``FusedMatMul`` they replace. The products' outputs are not quantised, so ONNX Runtime runs them
-    as ``MatMulIntegerToFloat`` (int8 in, float out) without a Quantize/Dequantize pair, with the bias folded
-    in by ``fuse_bias``. Normalisations, softmax and resizes stay in float.
+    the matrix products with a constant weight, and the decoder's sum, are quantised (``int8_nodes``; weights
+    per output channel). The products' outputs are not quantised, so ONNX Runtime runs them as
+    ``MatMulIntegerToFloat`` (int8 in, float out) without a Quantize/Dequantize pair, with the bias folded in by
+    ``fuse_bias``. Attention, normalisations and softmax stay in float: quantised, they cost 1-2 points.
 
     Args:
         source: the fp32 ``.onnx`` file.
@@ -283,8 +295,8 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
                 Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                op_types_to_quantize=["Conv", "MatMul"],  # LayerNorm, Softmax, Resize stay float: 1-2 points better
-                nodes_to_exclude=float_nodes(prepared),
+                op_types_to_quantize=["Conv", "MatMul", "Resize", "Add", "Relu"],
+                nodes_to_quantize=int8_nodes(prepared),
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},

@@ -52,8 +52,12 @@ def classify(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch
 
     That layout is the fast one for what follows (resizing to the label size, log-softmax over the
     classes), and on CPU this product beats pixels · weightᵀ when the class count is not a multiple
-    of 16 (150 classes).
+    of 16 (150 classes). Under ``torch.export`` (ONNX, .pt2) it stays a 1×1 conv: a graph keeps the
+    conv's weight a constant, which ONNX Runtime's int8 quantiser needs (the product's weight would
+    come through an ``Expand``), and ONNX Runtime runs it as fast.
     """
+    if torch.compiler.is_exporting():
+        return pointwise(x, weight, bias)
     b, c, h, w = x.shape
     pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
     return torch.baddbmm(bias[:, None], weight.expand(b, -1, -1), pixels.mT).view(b, -1, h, w)
