@@ -164,10 +164,11 @@ def load_for_inference(
 def int8_nodes(path: str | Path) -> list[str]:
     """Names of the nodes of an ONNX SegFormer that ``quantize_int8`` quantises.
 
-    * The dense convolutions and the matrix products with a constant weight. Attention's activation×activation
-      products (QKᵀ, AV) stay float: quantised, they cost a quantised softmax and int8 transposes, slower than
-      the float ``FusedMatMul`` they replace. So do the depthwise convolutions: memory-bound, their
-      Quantize/Dequantize cost more than they save.
+    * The convolutions, but the first patch embedding's on the image: with three input channels its int8
+      product saves less than quantising the image costs.
+    * The matrix products with a constant weight. Attention's activation×activation products (QKᵀ, AV) stay
+      float: quantised, they cost a quantised softmax and int8 transposes, slower than the float
+      ``FusedMatMul`` they replace.
     * The decoder's sum (``segformer.fast.fuse``): the upsampling ``Resize`` nodes, the ``Add`` nodes summing
       their outputs with stage 1's map, and the ``Relu`` after them. In uint8 they move a quarter of the bytes,
       and the sum's Quantize is the classifier's input; in float they were a fifth of B0's int8 time at 512²
@@ -177,16 +178,34 @@ def int8_nodes(path: str | Path) -> list[str]:
 
     graph = onnx.load(str(path)).graph
     constants = {tensor.name for tensor in graph.initializer}
+    image = {tensor.name for tensor in graph.input}
     names, summed = [], set()
     for node in graph.node:  # topological order: an Add's inputs come before it
-        dense_conv = node.op_type == "Conv" and all(a.i == 1 for a in node.attribute if a.name == "group")
-        weighted = dense_conv or (node.op_type == "MatMul" and node.input[1] in constants)
+        conv = node.op_type == "Conv" and not image.intersection(node.input)
+        weighted = conv or (node.op_type == "MatMul" and node.input[1] in constants)
         in_sum = node.op_type == "Resize" or (node.op_type in ("Add", "Relu") and summed.intersection(node.input))
         if in_sum:
             summed.update(node.output)
         if weighted or in_sum:
             names.append(node.name)
     return names
+
+
+def shapes_from_quantized(model: onnx.ModelProto) -> int:
+    """Point each ``Shape`` node that reads a ``DequantizeLinear`` output at that node's quantised input.
+
+    The shape is the same. A Dequantize read by a ``Shape`` as well as by its quantised consumer is run twice by
+    ONNX Runtime (it duplicates the node to fuse the consumer's copy); the decoder's resizes read their sizes so.
+    Returns the number of ``Shape`` nodes changed.
+    """
+    producer = {name: node for node in model.graph.node for name in node.output}
+    changed = 0
+    for node in model.graph.node:
+        source = producer.get(node.input[0]) if node.op_type == "Shape" else None
+        if source is not None and source.op_type == "DequantizeLinear":
+            node.input[0] = source.input[0]
+            changed += 1
+    return changed
 
 
 def fuse_bias(model: onnx.ModelProto) -> int:
@@ -260,11 +279,12 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
     """Static int8 quantisation (QDQ, per-channel weights) of an fp32 ONNX model, calibrated on ``images``.
 
     The graph is first fused (``fuse_float_ops``) and prepared with ONNX Runtime's ``quant_pre_process``
-    (symbolic shape inference and graph fusions), as ONNX Runtime recommends. Then the dense convolutions and
-    the matrix products with a constant weight, and the decoder's sum, are quantised (``int8_nodes``; weights
-    per output channel). The products' outputs are not quantised, so ONNX Runtime runs them as
+    (symbolic shape inference and graph fusions), as ONNX Runtime recommends. Then the convolutions, the
+    matrix products with a constant weight and the decoder's sum are quantised (``int8_nodes``; weights per
+    output channel). The products' outputs are not quantised, so ONNX Runtime runs them as
     ``MatMulIntegerToFloat`` (int8 in, float out) without a Quantize/Dequantize pair, with the bias folded in by
-    ``fuse_bias``. Attention, normalisations and softmax stay in float: quantised, they cost 1-2 points.
+    ``fuse_bias``; ``shapes_from_quantized`` saves the duplicated Dequantize nodes. Attention, normalisations
+    and softmax stay in float: quantised, they cost 1-2 points.
 
     Args:
         source: the fp32 ``.onnx`` file.
@@ -303,6 +323,7 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
             )
         model = onnx.load(tmp)
         fuse_bias(model)
+        shapes_from_quantized(model)
         onnx.save(model, tmp)
 
     root = logging.getLogger()
