@@ -184,3 +184,28 @@ def test_calibration_inputs_follow_the_test_protocol():
     x = network_input([image], protocol)
     assert x.shape == (1, 3, 512, 768) and x.dtype == np.float32  # short side to 512, keeping the ratio
     np.testing.assert_allclose(x[0], np.ones((3, 512, 768)))  # (12 - 10) / 2, (24 - 20) / 4, (38 - 30) / 8
+
+
+def test_int8_graph_rewrites_keep_the_logits(exported, tmp_path):
+    """``classifier_as_product`` and ``shapes_from_quantized`` change how ONNX Runtime runs the graph, not its
+    output: logits equal (to float rounding) before and after each rewrite."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(exported["folder"] / "model.onnx"), str(prepared))
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    want = OnnxRuntimeEngine(prepared)(x)
+    model = onnx.load(prepared)
+    assert engines.classifier_as_product(model)
+    assert not engines.classifier_as_product(model)  # the output now comes from a Transpose: nothing to rewrite
+    onnx.save(model, tmp_path / "product.onnx")
+    ops = [node.op_type for node in model.graph.node]
+    assert ops[-4:] == ["Transpose", "MatMul", "Add", "Transpose"] and "Conv" in ops
+    torch.testing.assert_close(OnnxRuntimeEngine(tmp_path / "product.onnx")(x), want, atol=1e-5, rtol=1e-5)
+
+    int8 = onnx.load(exported["folder"] / "model.int8.onnx").graph
+    producer = {name: node for node in int8.node for name in node.output}
+    shape_sources = [producer.get(node.input[0]) for node in int8.node if node.op_type == "Shape"]
+    assert shape_sources and not any(s is not None and s.op_type == "DequantizeLinear" for s in shape_sources)
+    last = producer["logits"]  # float logits from the quantised product, its bias fused, then back to NCHW
+    assert last.op_type == "Transpose" and producer[last.input[0]].op_type == "MatMulIntegerToFloat"
