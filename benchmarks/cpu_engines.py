@@ -5,7 +5,8 @@ Rows (random weights, 150 classes; speed does not depend on the weights):
 * torch fp32: ``model(x)`` in eager fp32, the baseline;
 * default: ``Segmenter(model).network(x)``, what predict, eval and serve run without flags (bf16 autocast
   on a CPU with AMX, else fp32 eager);
-* onnxruntime fp32 / int8: our ONNX export, and its int8 quantisation calibrated on synthetic scenes.
+* onnxruntime fp32 / int8: the engine's ONNX file (our export with ONNX Runtime's fusions), and its int8
+  quantisation calibrated on synthetic scenes.
 
 Each engine is timed in a process of its own, and the engines take turns over ``--passes`` passes (the
 median of the passes is printed). Interleaving calls of different engines in one process is unfair on a small
@@ -32,8 +33,7 @@ import torch
 import segformer
 from segformer.config import TestProtocol
 from segformer.data import SyntheticDataset
-from segformer.engines import OnnxRuntimeEngine, quantize_int8
-from segformer.export import export_onnx
+from segformer.engines import OnnxRuntimeEngine, export_for_engine, quantize_int8
 from segformer.inference import Segmenter
 
 SIZE = 512
@@ -46,10 +46,11 @@ def random_model(variant: str) -> segformer.SegFormer:
 
 
 def prepare(variant: str, folder: Path) -> None:
-    """Export ``variant`` to ``folder``/<variant>.onnx and quantise it to <variant>.int8.onnx, unless present."""
+    """Export ``variant`` as the engine does to ``folder``/<variant>.onnx and quantise it to <variant>.int8.onnx,
+    unless present."""
     fp32, int8 = folder / f"{variant}.onnx", folder / f"{variant}.int8.onnx"
     if not fp32.is_file():
-        export_onnx(random_model(variant), fp32, SIZE, SIZE)
+        export_for_engine(random_model(variant), fp32)
     if not int8.is_file():
         scenes = SyntheticDataset(num=8, size=(SIZE, SIZE), split="val")
         protocol = TestProtocol(scale=None)  # the 512×512 scenes as they are

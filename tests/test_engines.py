@@ -80,9 +80,15 @@ def val_images(root: Path) -> list[np.ndarray]:
     return [dataset.load(i)[0] for i in range(len(dataset))]
 
 
-def test_onnxruntime_engine_matches_pytorch(exported):
+@pytest.mark.parametrize("source", ["segformer export", "engine cache"])
+def test_onnxruntime_engine_matches_pytorch(exported, source, tmp_path):
+    """Both ONNX files ONNX Runtime runs: the plain export, and the engine's own (with ONNX Runtime's fusions)."""
     model, folder = exported["model"], exported["folder"]
-    engine = OnnxRuntimeEngine(folder / "model.onnx")
+    if source == "segformer export":
+        engine = OnnxRuntimeEngine(folder / "model.onnx")
+    else:
+        engine = build_engine("onnxruntime", model, folder / "weights" / "model.safetensors", cache_dir=tmp_path)
+        assert {"Gelu", "SkipLayerNormalization"} <= {node.op_type for node in onnx.load(engine.path).graph.node}
     assert engine.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
     for batch, height, width in [(1, 64, 64), (3, 97, 130)]:
         x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height))
@@ -115,11 +121,11 @@ def test_int8_model_agrees_with_fp32(exported):
 def test_export_cache_is_reused_and_rebuilt_when_the_weights_change(tmp_path, monkeypatch):
     calls = []
 
-    def fake_export(model, path, height, width):  # the real export is covered above; here only the cache logic
+    def fake_export(model, path):  # the real export is covered above; here only the cache logic
         calls.append(path)
         Path(path).write_bytes(b"onnx of " + str(len(calls)).encode())
 
-    monkeypatch.setattr(engines, "export_onnx", fake_export)
+    monkeypatch.setattr(engines, "export_for_engine", fake_export)
     model = segformer.create_model("b0", num_classes=3)
     model.save_pretrained(tmp_path / "w")
     weights = tmp_path / "w" / "model.safetensors"
