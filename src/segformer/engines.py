@@ -49,8 +49,8 @@ def default_engine() -> str:
     """``$SEGFORMER_ENGINE`` when set, else "torch".
 
     ONNX Runtime is opt-in: measured one engine per process on 2 cores (``benchmarks/cpu_engines.py``), its fp32
-    run of our export is no faster than our PyTorch model in fp32 (0.90-0.98×), and the PyTorch model in bf16 on
-    an AMX CPU is 1.5-1.8× faster; its place is the int8 model (``quantize_int8``) and machines without PyTorch.
+    run of our export is within 6% of our PyTorch model in fp32 (0.94-1.06×), and the PyTorch model in bf16 on
+    an AMX CPU is 1.6-1.8× faster; its place is the int8 model (``quantize_int8``) and machines without PyTorch.
     """
     chosen = os.environ.get("SEGFORMER_ENGINE")
     if chosen:
