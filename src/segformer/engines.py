@@ -176,9 +176,9 @@ def int8_nodes(path: str | Path) -> list[str]:
       float: quantised, they cost a quantised softmax and int8 transposes, slower than the float
       ``FusedMatMul`` they replace.
     * The decoder's sum (``segformer.fast.fuse``): the upsampling ``Resize`` nodes, the ``Add`` nodes summing
-      their outputs with stage 1's map, and the ``Relu`` after them. In uint8 they move a quarter of the bytes,
-      and the sum's Quantize is the classifier's input; in float they were a fifth of B0's int8 time at 512²
-      (docs/PERFORMANCE.md).
+      their outputs with stage 1's map, the ``Relu`` after them and the classifier's channels-last ``Transpose``
+      (``classifier_as_product``). In uint8 they move a quarter of the bytes, and the sum's Quantize is the
+      classifier's input; in float they were a fifth of B0's int8 time at 512² (docs/PERFORMANCE.md).
     """
     import onnx  # optional dependency (segformer[export]): only the quantiser needs it
 
@@ -324,9 +324,10 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
     """Static int8 quantisation (QDQ, per-channel weights) of an fp32 ONNX model, calibrated on ``images``.
 
     The graph is first fused (``fuse_float_ops``) and prepared with ONNX Runtime's ``quant_pre_process``
-    (symbolic shape inference and graph fusions), as ONNX Runtime recommends. Then the convolutions, the
-    matrix products with a constant weight and the decoder's sum are quantised (``int8_nodes``; weights per
-    output channel). The products' outputs are not quantised, so ONNX Runtime runs them as
+    (symbolic shape inference, constant folding), as ONNX Runtime recommends, and the classifier becomes a
+    product (``classifier_as_product``). Then the convolutions, the matrix products with a constant weight
+    and the decoder's sum are quantised (``int8_nodes``; weights per output channel). The products' outputs
+    are not quantised, so ONNX Runtime runs them as
     ``MatMulIntegerToFloat`` (int8 in, float out) without a Quantize/Dequantize pair, with the bias folded in by
     ``fuse_bias``; ``shapes_from_quantized`` saves the duplicated Dequantize nodes. Attention, normalisations
     and softmax stay in float: quantised, they cost 1-2 points.
