@@ -167,7 +167,7 @@ def load_for_inference(
     return model, build_engine(name, model, file), name
 
 
-def int8_nodes(path: str | Path) -> list[str]:
+def int8_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes of an ONNX SegFormer that ``quantize_int8`` quantises.
 
     * The convolutions, but the first patch embedding's on the image: with three input channels its int8
@@ -180,9 +180,7 @@ def int8_nodes(path: str | Path) -> list[str]:
       (``classifier_as_product``). In uint8 they move a quarter of the bytes, and the sum's Quantize is the
       classifier's input; in float they were a fifth of B0's int8 time at 512² (docs/PERFORMANCE.md).
     """
-    import onnx  # optional dependency (segformer[export]): only the quantiser needs it
-
-    graph = onnx.load(str(path)).graph
+    graph = model.graph
     constants = {tensor.name for tensor in graph.initializer}
     image = {tensor.name for tensor in graph.input}
     names, summed = [], set()
@@ -365,7 +363,7 @@ def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.nd
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 op_types_to_quantize=["Conv", "MatMul", "Resize", "Add", "Relu"],
-                nodes_to_quantize=int8_nodes(prepared),
+                nodes_to_quantize=int8_nodes(model),
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
