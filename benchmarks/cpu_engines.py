@@ -41,8 +41,16 @@ ENGINES = ("torch fp32", "default", "onnxruntime fp32", "onnxruntime int8")
 
 
 def random_model(variant: str) -> segformer.SegFormer:
+    """A random model whose norms have an affine as trained ones do: a fresh model's scales are 1 and its shifts 0,
+    which the ONNX Runtime engine's graph drops (``engines.layer_norms_as_instance_norms``)."""
     torch.manual_seed(0)
-    return segformer.create_model(variant, num_classes=150).eval()
+    model = segformer.create_model(variant, num_classes=150).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+    return model
 
 
 def prepare(variant: str, folder: Path) -> None:

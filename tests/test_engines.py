@@ -88,7 +88,13 @@ def test_onnxruntime_engine_matches_pytorch(exported, source, tmp_path):
         engine = OnnxRuntimeEngine(folder / "model.onnx")
     else:
         engine = build_engine("onnxruntime", model, folder / "weights" / "model.safetensors", cache_dir=tmp_path)
-        assert {"Gelu", "SkipLayerNormalization"} <= {node.op_type for node in onnx.load(engine.path).graph.node}
+        nodes = onnx.load(engine.path).graph.node
+        assert {"Gelu", "InstanceNormalization"} <= {node.op_type for node in nodes}
+        assert "LayerNormalization" not in {node.op_type for node in nodes}
+        # B0's 30 norms: per stage 2 blocks of 2 norms and the reduction's (none at stage 4), the patch embedding's
+        # and the stage's last. The blocks' 22 are folded into the maps reading them: no affine left in the graph.
+        affines = [node.name for node in nodes if node.name.endswith((".mul", ".add"))]
+        assert len(affines) == 2 * 8  # a Mul and an Add for each of the 8 stage norms
     assert engine.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
     for batch, height, width in [(1, 64, 64), (3, 97, 130)]:
         x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height))
@@ -130,12 +136,16 @@ def test_export_cache_is_reused_and_rebuilt_when_the_weights_change(tmp_path, mo
     model.save_pretrained(tmp_path / "w")
     weights = tmp_path / "w" / "model.safetensors"
     first = cached_onnx(model, weights)
-    assert first == tmp_path / "w" / f"model.{weights_hash(weights)}.onnx" and first.read_bytes() == b"onnx of 1"
+    name = f"model.{weights_hash(weights)}.v{engines.ENGINE_GRAPH}.onnx"
+    assert first == tmp_path / "w" / name and first.read_bytes() == b"onnx of 1"
     assert cached_onnx(model, weights) == first and len(calls) == 1
     torch.manual_seed(1)
     segformer.create_model("b0", num_classes=3).save_pretrained(tmp_path / "w")
     second = cached_onnx(model, weights)
     assert second != first and second.read_bytes() == b"onnx of 2" and len(calls) == 2
+    monkeypatch.setattr(engines, "ENGINE_GRAPH", engines.ENGINE_GRAPH + 1)  # a new version of the engine's graph
+    third = cached_onnx(model, weights)
+    assert third not in (first, second) and third.read_bytes() == b"onnx of 3" and len(calls) == 3
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "w").iterdir())
 
 
@@ -154,7 +164,9 @@ def test_cache_folder_for_hub_weights(tmp_path, monkeypatch):
 def test_build_engine_finds_the_cached_export(exported, monkeypatch):
     model, folder = exported["model"], exported["folder"]
     weights = folder / "weights" / "model.safetensors"
-    shutil.copy(folder / "model.onnx", folder / "weights" / f"model.{weights_hash(weights)}.onnx")
+    shutil.copy(
+        folder / "model.onnx", folder / "weights" / f"model.{weights_hash(weights)}.v{engines.ENGINE_GRAPH}.onnx"
+    )
     engine = build_engine("onnxruntime", model, weights)
     assert isinstance(engine, OnnxRuntimeEngine) and engine.path.parent == folder / "weights"
     assert build_engine("torch", model, weights) is None
@@ -215,3 +227,42 @@ def test_int8_graph_rewrites_keep_the_logits(exported, tmp_path):
     assert shape_sources and not any(s is not None and s.op_type == "DequantizeLinear" for s in shape_sources)
     last = producer["logits"]  # float logits from the quantised product, its bias fused, then back to NCHW
     assert last.op_type == "Transpose" and producer[last.input[0]].op_type == "MatMulIntegerToFloat"
+
+
+@pytest.mark.parametrize("affine", ["trained", "folded"])
+def test_layer_norms_as_instance_norms_keep_the_numbers(affine, tmp_path):
+    """The rewritten graph normalises as ONNX Runtime's LayerNormalization and a NumPy reference do, at any batch and
+    token count; a folded affine (scale 1, shift 0) leaves no Mul or Add."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    channels = 24
+    scale = rng.uniform(0.5, 1.5, channels) if affine == "trained" else np.ones(channels)
+    shift = rng.normal(0.0, 0.5, channels) if affine == "trained" else np.zeros(channels)
+    graph = helper.make_graph(
+        [helper.make_node("LayerNormalization", ["x", "scale", "shift"], ["y"], name="norm", axis=-1, epsilon=1e-6)],
+        "norm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", channels])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", channels])],
+        [
+            numpy_helper.from_array(scale.astype(np.float32), "scale"),
+            numpy_helper.from_array(shift.astype(np.float32), "shift"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "layer_norm.onnx")
+    assert engines.layer_norms_as_instance_norms(model) == 1
+    onnx.save(model, tmp_path / "instance_norm.onnx")
+    ops = [node.op_type for node in model.graph.node]
+    assert "LayerNormalization" not in ops and "InstanceNormalization" in ops
+    assert ("Mul" in ops, "Add" in ops) == ((True, True) if affine == "trained" else (False, False))
+
+    import onnxruntime
+
+    for shape in [(1, 37, channels), (3, 5, channels)]:
+        x = (rng.normal(2.0, 3.0, shape)).astype(np.float32)
+        mean, var = x.mean(-1, keepdims=True, dtype=np.float64), x.var(-1, keepdims=True, dtype=np.float64)
+        want = (x - mean) / np.sqrt(var + 1e-6) * scale + shift
+        for file in ("layer_norm.onnx", "instance_norm.onnx"):
+            session = onnxruntime.InferenceSession(tmp_path / file, providers=["CPUExecutionProvider"])
+            np.testing.assert_allclose(session.run(None, {"x": x})[0], want, atol=2e-5, rtol=0)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import segformer
 from reference import perturb_batchnorm
 from segformer.config import VARIANTS
+from segformer.fast import fold_norm_affine
 
 SHAPE = (2, 3, 45, 61)  # batch 2, odd sizes: every stage map has an odd side
 
@@ -106,6 +107,34 @@ def test_cached_fused_weights_follow_parameter_changes():
     torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
     with torch.inference_mode():
         torch.testing.assert_close(fast, other(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sr_ratio", [2, 1])  # the query and reduction conv read norm1, or the query and key/value
+def test_folded_norm_affines_keep_the_block(sr_ratio):
+    """``Block.fold_norm_affines`` moves the norms' scales and shifts into the maps reading them; the block's
+    output stays the same, at a size whose reduction leaves a remainder."""
+    from segformer.model import Block
+
+    torch.manual_seed(0)
+    block = Block(dim=32, num_heads=2, sr_ratio=sr_ratio, mlp_ratio=4, drop_path=0.0, eps=1e-6).eval()
+    norms = [m for m in block.modules() if isinstance(m, torch.nn.LayerNorm)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0.0, 0.5)
+    x = torch.randn(2, 9 * 13, 32)
+    with torch.no_grad():
+        want = block(x, 9, 13)
+        block.fold_norm_affines()
+        got = block(x, 9, 13)
+    assert all(torch.equal(n.weight, torch.ones(32)) and torch.equal(n.bias, torch.zeros(32)) for n in norms)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_norm_shift_does_not_fold_into_a_padded_conv():
+    norm, conv = torch.nn.LayerNorm(8), torch.nn.Conv2d(8, 8, 3, padding=1)
+    with pytest.raises(ValueError, match="zero-padded conv"):
+        fold_norm_affine(norm, [conv])
 
 
 def test_model_built_in_inference_mode():

@@ -8,6 +8,8 @@ float rounding only (tests/test_fast_path.py). ``segformer.model`` switches them
   and fuses with a 1×1 conv. Bilinear upsampling commutes with per-pixel affine maps, so each stage's
   slice of the fuse weight is applied *before* upsampling, on the small map, and the biases are summed
   once. In eval mode BatchNorm folds into those weights and that bias.
+* A LayerNorm's affine (γ, β) folds into the linear maps that read the norm (``fold_norm_affine``): the
+  ONNX Runtime engine's export uses it, so its graph normalises without a scale and a shift.
 * Without autograd (and outside compilation and export) the fused weights are cached until a
   parameter changes, GELU overwrites its input, and one buffer serves every upsampling: fresh large
   tensors cost page faults on CPU.
@@ -61,6 +63,23 @@ def classify(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch
     b, c, h, w = x.shape
     pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
     return torch.baddbmm(bias[:, None], weight.expand(b, -1, -1), pixels.mT).view(b, -1, h, w)
+
+
+def fold_norm_affine(norm: nn.LayerNorm, readers: Sequence[nn.Linear | nn.Conv2d]) -> None:
+    """Fold ``norm``'s affine into the maps that read its output, in place: W' = W·diag(γ), b' = b + W·β.
+
+    The norm is left as plain normalisation (γ = 1, β = 0). Exact up to float rounding when ``readers`` are all the
+    norm's readers and none pads (a zero-padded conv would see β missing at the border).
+    """
+    if any(isinstance(reader, nn.Conv2d) and any(reader.padding) for reader in readers):
+        raise ValueError("a LayerNorm's shift does not fold into a zero-padded conv")
+    with torch.no_grad():
+        for reader in readers:
+            shape = (1, -1) + (1,) * (reader.weight.ndim - 2)  # the weight's input-channel axis
+            reader.bias += (reader.weight * norm.bias.view(shape)).sum(dim=tuple(range(1, reader.weight.ndim)))
+            reader.weight *= norm.weight.view(shape)
+        norm.weight.fill_(1.0)
+        norm.bias.zero_()
 
 
 def fuse_weights(

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segformer.config import VARIANTS, SegFormerConfig, Variant, normalize_variant
-from segformer.fast import FusedWeightCache, InPlaceGELU, classify, fuse
+from segformer.fast import FusedWeightCache, InPlaceGELU, classify, fold_norm_affine, fuse
 from segformer.writer import write_pretrained
 
 # The one switch to segformer.fast: decoders built while it is True start with ``fast = True`` (the
@@ -156,6 +156,16 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = DropPath(drop_path)
+
+    def fold_norm_affines(self) -> None:
+        """Fold the affines of the norms read only by linear maps (``fast.fold_norm_affine``): ``norm1`` into the
+        query and the reduction conv (or the key/value map without reduction), the reduction's norm into the
+        key/value map, ``norm2`` into the Mix-FFN's first layer."""
+        attn = self.attn
+        fold_norm_affine(self.norm1, [attn.q, attn.sr if attn.sr_ratio > 1 else attn.kv])
+        if attn.sr_ratio > 1:
+            fold_norm_affine(attn.norm, [attn.kv])
+        fold_norm_affine(self.norm2, [self.mlp.fc1])
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), h, w))

@@ -9,6 +9,7 @@ from __future__ import annotations
 # The library and torch are imported inside the functions below: `segformer --help` and
 # `segformer COMMAND --help` stay fast.
 import argparse
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from segformer.export import DEFAULT_OPSET, FORMATS
 
 if TYPE_CHECKING:
     from segformer.config import TestProtocol
+    from segformer.model import SegFormer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,18 +62,22 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--calibration-images must be at least 1, got {args.calibration_images}")
 
 
-def quantize(args: argparse.Namespace, protocol: TestProtocol) -> Path:
+def quantize(args: argparse.Namespace, model: SegFormer, protocol: TestProtocol) -> Path:
     """Write the int8 model calibrated on the first ``--calibration-images`` images of the dataset, each resized
-    and normalised by the model's test ``protocol``."""
+    and normalised by the model's test ``protocol``. It quantises the ONNX Runtime engine's own export of the model
+    (``export_for_engine``), not the plain file written beside it."""
     from segformer.data import build_dataset
-    from segformer.engines import quantize_int8
+    from segformer.engines import export_for_engine, quantize_int8
 
     dataset = build_dataset(args.calibrate, args.data_root, args.split)
     count = min(args.calibration_images, len(dataset))
     if count == 0:
         raise ValueError(f"{args.data_root}: no {args.split} images to calibrate on")
     images = (dataset.load(i)[0] for i in range(count))
-    target = quantize_int8(args.output, int8_path(args.output), images, protocol)
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "engine.onnx"
+        export_for_engine(model, source)
+        target = quantize_int8(source, int8_path(args.output), images, protocol)
     print(f"wrote {target} (int8 QDQ, calibrated on {count} {args.calibrate} {args.split} images)")
     return target
 
@@ -108,5 +114,5 @@ def run(args: argparse.Namespace) -> int:
         if protocol is None:
             protocol = TestProtocol()
             print("the weights record no test protocol: calibrating at the legacy default (whole, scale 2048×512)")
-        quantize(args, protocol)
+        quantize(args, model, protocol)
     return 0
