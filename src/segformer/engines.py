@@ -2,9 +2,10 @@
 
 ``Segmenter`` runs ``model(x)`` by default; an engine replaces that call. ``OnnxRuntimeEngine`` runs
 an ONNX file (fp32, or int8 from ``quantize_int8``) with ONNX Runtime on the CPU. ``cached_onnx``
-exports a model once (``export_for_engine``: our export with ONNX Runtime's fusions) and keeps the
-file next to its weights (or in a cache folder when that folder is read-only or the hub's), keyed by
-a hash of the weights file, so changed weights are exported again.
+exports a model once (``export_for_engine``: our export with the blocks' norm affines folded, its
+LayerNorms as InstanceNorms and ONNX Runtime's fusions) and keeps the file next to its weights (or in
+a cache folder when that folder is read-only or the hub's), keyed by a hash of the weights file and
+the version of that graph, so changed weights are exported again.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def default_engine() -> str:
     """``$SEGFORMER_ENGINE`` when set, else "torch".
 
     ONNX Runtime is opt-in: measured one engine per process on 2 cores (``benchmarks/cpu_engines.py``), its fp32
-    run of our export is within 6% of our PyTorch model in fp32 (0.94-1.06×), and the PyTorch model in bf16 on
-    an AMX CPU is 1.6-1.8× faster; its place is the int8 model (``quantize_int8``) and machines without PyTorch.
+    run of the engine's graph is 1.02-1.12× our PyTorch model in fp32, and the PyTorch model in bf16 on an AMX
+    CPU is 1.6-1.8× faster than that; its place is the int8 model (``quantize_int8``) and machines without
+    PyTorch.
     """
     chosen = os.environ.get("SEGFORMER_ENGINE")
     if chosen:
@@ -397,7 +399,11 @@ def fuse_float_ops(source: str | Path, target: str | Path) -> None:
 def quantize_int8(source: str | Path, target: str | Path, images: Iterable[np.ndarray], protocol: TestProtocol) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights) of an fp32 ONNX model, calibrated on ``images``.
 
-    The graph is first fused (``fuse_float_ops``) and prepared with ONNX Runtime's ``quant_pre_process``
+    ``source`` is best the engine's own graph (``export_for_engine``, as ``segformer export --quantize`` gives
+    it): its blocks' norms carry no affine left to compute.
+
+    The graph is first made the engine's float graph (``fuse_float_ops``: norms as InstanceNormalization, GELU
+    fused), then prepared with ONNX Runtime's ``quant_pre_process``
     (symbolic shape inference, constant folding), as ONNX Runtime recommends, and the classifier becomes a
     product (``classifier_as_product``). Then the convolutions, the matrix products with a constant weight
     and the decoder's sum are quantised (``int8_nodes``; weights per output channel). The products' outputs
