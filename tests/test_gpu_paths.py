@@ -22,7 +22,7 @@ from segformer.benchmark import Case, format_table, run_case
 from segformer.cli import eval as eval_cli
 from segformer.cli import main
 from segformer.cli import predict as predict_cli
-from segformer.cli.common import fast_path_options
+from segformer.cli.common import segmenter_options
 from segformer.config import TestProtocol
 from segformer.data import write_synthetic
 from segformer.inference import Segmenter, aligned_size, compiled_size, sliding_windows
@@ -174,9 +174,20 @@ def test_dtype_and_compile_options_and_cli_flags(small_model, monkeypatch):
         required = ["--weights", "w"] + (
             ["--dataset", "ade20k", "--data-root", "d"] if command is eval_cli else ["x", "--out", "o"]
         )
-        args = parser.parse_args([*required, "--dtype", "bf16", "--no-compile"])
-        assert fast_path_options(args) == {"dtype": "bf16", "compile": False}
-        assert fast_path_options(parser.parse_args(required)) == {"dtype": None, "compile": None}
+        args = parser.parse_args([*required, "--dtype", "bf16", "--no-compile", "--mode", "slide", "--aug"])
+        options = segmenter_options(args)
+        assert options == {
+            "aug": True,
+            "dtype": "bf16",
+            "compile": False,
+            "mode": "slide",
+            "scale": None,
+            "crop": None,
+            "stride": None,
+        }
+        assert Segmenter(small_model, TestProtocol(), **options).protocol.mode == "slide"
+        defaults = segmenter_options(parser.parse_args(required))
+        assert defaults == dict.fromkeys(options, None) | {"aug": False}
 
 
 def aot_eager_compile(calls: list):

@@ -58,9 +58,23 @@ def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", action="store_true", help="never torch.compile the model (default: on CUDA)")
 
 
-def fast_path_options(args: argparse.Namespace) -> dict:
-    """``Segmenter`` keyword arguments of ``--dtype`` and ``--no-compile``."""
-    return {"dtype": args.dtype, "compile": False if args.no_compile else None}
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--mode``, ``--scale``, ``--crop``, ``--stride`` and ``--aug``: changes to the weights' test protocol."""
+    parser.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the weights' protocol)")
+    parser.add_argument(
+        "--scale", type=int, nargs=2, metavar=("LONG", "SHORT"), help="test scale (default: the weights' protocol)"
+    )
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="slide window (default: the protocol's)")
+    parser.add_argument(
+        "--stride", type=int, nargs=2, metavar=("H", "W"), help="slide stride (default: the protocol's)"
+    )
+    parser.add_argument("--aug", action="store_true", help="multi-scale + flip test with the protocol's ratios")
+
+
+def segmenter_options(args: argparse.Namespace) -> dict:
+    """``Segmenter`` keyword arguments of ``add_protocol_arguments``' and ``add_fast_path_arguments``' flags."""
+    overrides = {"mode": args.mode, "scale": args.scale, "crop": args.crop, "stride": args.stride}
+    return {"aug": args.aug, "dtype": args.dtype, "compile": False if args.no_compile else None, **overrides}
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

@@ -18,12 +18,13 @@ from segformer.cli.common import (
     add_device_argument,
     add_engine_arguments,
     add_fast_path_arguments,
+    add_protocol_arguments,
     add_quiet_argument,
     add_threads_argument,
     apply_threads,
     describe_segmenter,
-    fast_path_options,
     plural,
+    segmenter_options,
 )
 
 SUMMARY = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall", "fwIoU")
@@ -34,15 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="ade20k, cityscapes, voc, coco-stuff or custom")
     parser.add_argument("--data-root", required=True, help="dataset folder")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    parser.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the weights' protocol)")
-    parser.add_argument(
-        "--scale", type=int, nargs=2, metavar=("LONG", "SHORT"), help="test scale (default: the weights' protocol)"
-    )
-    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="slide window (default: the protocol's)")
-    parser.add_argument(
-        "--stride", type=int, nargs=2, metavar=("H", "W"), help="slide stride (default: the protocol's)"
-    )
-    parser.add_argument("--aug", action="store_true", help="multi-scale + flip test with the protocol's ratios")
+    add_protocol_arguments(parser)
     add_engine_arguments(parser)
     add_fast_path_arguments(parser)
     add_device_argument(parser)
@@ -95,8 +88,7 @@ def build_segmenter(args: argparse.Namespace, dataset, device):
     if protocol is None:
         protocol = dataset.info.protocol
         print(f"{args.weights} records no test protocol: using the official {dataset.name} protocol")
-    overrides = {"mode": args.mode, "scale": args.scale, "crop": args.crop, "stride": args.stride}
-    return Segmenter(model, protocol, aug=args.aug, engine=engine, **fast_path_options(args), **overrides)
+    return Segmenter(model, protocol, engine=engine, **segmenter_options(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,12 +26,13 @@ from segformer.cli.common import (
     add_device_argument,
     add_engine_arguments,
     add_fast_path_arguments,
+    add_protocol_arguments,
     add_quiet_argument,
     add_threads_argument,
     apply_threads,
     describe_segmenter,
-    fast_path_options,
     plural,
+    segmenter_options,
 )
 
 if TYPE_CHECKING:
@@ -51,15 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_WEIGHTS,
         help=f"checkpoint file, folder or hub id (default: {DEFAULT_WEIGHTS}, NVIDIA non-commercial licence)",
     )
-    parser.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the model's protocol)")
-    parser.add_argument(
-        "--scale", type=int, nargs=2, metavar=("LONG", "SHORT"), help="test scale (default: the model's protocol)"
-    )
-    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="slide window (default: the protocol's)")
-    parser.add_argument(
-        "--stride", type=int, nargs=2, metavar=("H", "W"), help="slide stride (default: the protocol's)"
-    )
-    parser.add_argument("--aug", action="store_true", help="multi-scale + flip with the protocol's ratios")
+    add_protocol_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="images per step; equal sizes share a forward pass")
     add_engine_arguments(parser)
     add_fast_path_arguments(parser)
@@ -140,8 +133,7 @@ def build_segmenter(args: argparse.Namespace, device: torch.device):
     if device.type == "cuda" and rank_and_world()[1] > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     model, engine, _ = load_for_inference(args.weights, device, args.engine, args.model)
-    overrides = {"mode": args.mode, "scale": args.scale, "crop": args.crop, "stride": args.stride}
-    return Segmenter(model, aug=args.aug, engine=engine, **fast_path_options(args), **overrides)
+    return Segmenter(model, engine=engine, **segmenter_options(args))
 
 
 def predict_jobs(segmenter, jobs: list[tuple[int, Path, tuple[Path, Path]]], args: argparse.Namespace, out: Path):
