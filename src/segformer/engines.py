@@ -331,7 +331,7 @@ def layer_norms_as_instance_norms(model: onnx.ModelProto) -> int:
     for node in graph.node:
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
         scale = constants.get(node.input[1]) if node.op_type == "LayerNormalization" else None
-        if scale is None or axis != -1 or len(scale.dims) != 1 or used.intersection(node.output[1:]):
+        if scale is None or axis != -1 or len(scale.dims) != 1 or used.intersection(filter(None, node.output[1:])):
             nodes.append(node)
             continue
         epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
