@@ -131,10 +131,13 @@ def test_folded_norm_affines_keep_the_block(sr_ratio):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_norm_shift_does_not_fold_into_a_padded_conv():
+def test_norm_shift_does_not_fold_into_a_padded_conv_or_a_missing_bias():
     norm, conv = torch.nn.LayerNorm(8), torch.nn.Conv2d(8, 8, 3, padding=1)
     with pytest.raises(ValueError, match="zero-padded conv"):
         fold_norm_affine(norm, [conv])
+    with pytest.raises(ValueError, match="every reader needs one"):
+        fold_norm_affine(norm, [torch.nn.Linear(8, 4, bias=False)])
+    assert torch.equal(norm.weight, torch.ones(8))  # refused before anything changed
 
 
 def test_model_built_in_inference_mode():

@@ -73,6 +73,8 @@ def fold_norm_affine(norm: nn.LayerNorm, readers: Sequence[nn.Linear | nn.Conv2d
     """
     if any(isinstance(reader, nn.Conv2d) and any(reader.padding) for reader in readers):
         raise ValueError("a LayerNorm's shift does not fold into a zero-padded conv")
+    if any(reader.bias is None for reader in readers):
+        raise ValueError("a LayerNorm's shift folds into a bias: every reader needs one")
     with torch.no_grad():
         for reader in readers:
             shape = (1, -1) + (1,) * (reader.weight.ndim - 2)  # the weight's input-channel axis
