@@ -135,9 +135,11 @@ def test_norm_shift_does_not_fold_into_a_padded_conv_or_a_missing_bias():
     norm, conv = torch.nn.LayerNorm(8), torch.nn.Conv2d(8, 8, 3, padding=1)
     with pytest.raises(ValueError, match="zero-padded conv"):
         fold_norm_affine(norm, [conv])
+    with torch.no_grad():
+        norm.weight.fill_(2.0)
     with pytest.raises(ValueError, match="every reader needs one"):
-        fold_norm_affine(norm, [torch.nn.Linear(8, 4, bias=False)])
-    assert torch.equal(norm.weight, torch.ones(8))  # refused before anything changed
+        fold_norm_affine(norm, [torch.nn.Linear(8, 4), torch.nn.Linear(8, 4, bias=False)])
+    assert torch.equal(norm.weight, torch.full((8,), 2.0))  # refused before anything changed
 
 
 def test_model_built_in_inference_mode():
