@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
+from _run import median_ms, worker_ms
 
 import segformer
 from segformer.config import TestProtocol
@@ -77,26 +75,18 @@ def runner(engine: str, variant: str, folder: Path, threads: int):
     return Segmenter(model, TestProtocol()).network
 
 
-def time_engine(engine: str, variant: str, folder: Path, threads: int, calls: int, warmup: int = 2) -> float:
-    """Median milliseconds of ``calls`` calls of one engine (run in a worker process)."""
+def time_engine(engine: str, variant: str, folder: Path, threads: int, calls: int) -> float:
+    """Median milliseconds of ``calls`` calls of one engine, after 2 warm-ups (run in a worker process)."""
     torch.set_num_threads(threads)
     run = runner(engine, variant, folder, threads)
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    times = []
     with torch.inference_mode():
-        for i in range(warmup + calls):
-            start = time.perf_counter()
-            run(x)
-            if i >= warmup:
-                times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+        return median_ms(lambda: run(x), calls, warmup=2)
 
 
 def in_process(engine: str, variant: str, folder: Path, threads: int, calls: int) -> float:
-    argv = [sys.executable, __file__, "--worker", engine, "--variants", variant, "--cache", str(folder)]
-    argv += ["--threads", str(threads), "--calls", str(calls)]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    args = [engine, "--variants", variant, "--cache", str(folder), "--threads", str(threads), "--calls", str(calls)]
+    return worker_ms(__file__, args)
 
 
 def main() -> None:

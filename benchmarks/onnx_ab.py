@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _run import median_ms, worker_ms
 
 
-def time_file(path: str, size: int, threads: int, calls: int, warmup: int = 3) -> float:
-    """Median milliseconds of ``calls`` runs of one file (in a worker process)."""
+def time_file(path: str, size: int, threads: int, calls: int) -> float:
+    """Median milliseconds of ``calls`` runs of one file after 3 warm-ups (in a worker process)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -28,13 +26,7 @@ def time_file(path: str, size: int, threads: int, calls: int, warmup: int = 3) -
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    times = []
-    for i in range(warmup + calls):
-        start = time.perf_counter()
-        session.run(["logits"], {"pixel_values": x})
-        if i >= warmup:
-            times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return median_ms(lambda: session.run(["logits"], {"pixel_values": x}), calls, warmup=3)
 
 
 def main() -> None:
@@ -52,10 +44,8 @@ def main() -> None:
     passes: dict[str, list[float]] = {f: [] for f in args.files}
     for _ in range(args.passes):
         for f in args.files:
-            argv = [sys.executable, __file__, "--worker", f, "--size", str(args.size)]
-            argv += ["--threads", str(args.threads), "--calls", str(args.calls)]
-            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-            passes[f].append(float(out.strip().splitlines()[-1]))
+            options = [f, "--size", str(args.size), "--threads", str(args.threads), "--calls", str(args.calls)]
+            passes[f].append(worker_ms(__file__, options))
     first = statistics.median(passes[args.files[0]])
     print(f"{args.size}×{args.size}, batch 1, {args.threads} threads, median of {args.passes} passes")
     for f, values in passes.items():

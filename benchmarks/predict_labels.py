@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
-import time
 import warnings
 
 import numpy as np
 import torch
+from _run import median_ms
 
 import segformer
 from segformer import resize
@@ -32,14 +31,10 @@ def labels_ms(segmenter: Segmenter, images: list[np.ndarray], dense: bool, round
     resize.DENSE_SHARE = 0.0 if dense else share
     try:
         labels = [segmenter.predict(image) for image in images]
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            segmenter.predict(images[0])
-            times.append(1000 * (time.perf_counter() - start))
+        ms = median_ms(lambda: segmenter.predict(images[0]), rounds)
     finally:
         resize.DENSE_SHARE = share
-    return statistics.median(times), labels
+    return ms, labels
 
 
 def main() -> None:
