@@ -262,8 +262,10 @@ class SlowEngine:
 
     def __init__(self, delay: float, num_classes: int) -> None:
         self.delay, self.num_classes = delay, num_classes
+        self.started = threading.Event()  # set by the first batch
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.started.set()
         time.sleep(self.delay)
         logits = torch.zeros(x.shape[0], self.num_classes, -(-x.shape[2] // 4), -(-x.shape[3] // 4))
         logits[:, 0] = 1.0
@@ -282,10 +284,16 @@ def _post_all(url: str, count: int, data: bytes) -> list[httpx.Response | Except
 
 
 def test_full_queue_answers_503_with_retry_after(model):
-    app = create_app(Predictor(model, SlowEngine(0.3, 4), scale=None), LIMITS, max_batch=1, queue_size=1)
+    engine = SlowEngine(1.0, 4)
+    app = create_app(Predictor(model, engine, scale=None), LIMITS, max_batch=1, queue_size=1)
     data = encode(photo(64, 64, seed=30))
-    with serving(app) as (url, _):
-        answers = _post_all(url, 6, data)
+    with serving(app) as (url, _), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # one request in the engine (for a second), then five at once for the one queue slot: one of them is
+        # queued and answered, the others refused. Sent all six at once, the slot could fill before the engine
+        # took the first request, and only one of six would be answered.
+        first = pool.submit(_post_all, url, 1, data)
+        assert engine.started.wait(30)
+        answers = _post_all(url, 5, data) + first.result(timeout=30)
         statuses = sorted(a.status_code for a in answers)
         assert statuses.count(503) >= 3 and statuses.count(200) >= 2, statuses
         for answer in answers:
