@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from segformer.constants import IGNORE_INDEX
-from segformer.data.datasets import read_mask
+from segformer.data.reading import read_mask
 from segformer.progress import progress_bar
 
 EXIF_ORIENTATION = 0x0112

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from segformer.config import TestProtocol
-from segformer.data.datasets import BaseSegmentationDataset, DatasetInfo
+from segformer.data.base import BaseSegmentationDataset, DatasetInfo
 from segformer.progress import progress_bar
 
 SYNTHETIC_CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
