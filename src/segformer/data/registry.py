@@ -14,7 +14,11 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
-from segformer.data import ade20k, cityscapes, coco_stuff, custom, voc
+import segformer.data.ade20k as ade20k
+import segformer.data.cityscapes as cityscapes
+import segformer.data.coco_stuff as coco_stuff
+import segformer.data.custom as custom
+import segformer.data.voc as voc
 from segformer.data.base import DatasetInfo, SegmentationDataset
 
 DATASETS: dict[str, DatasetInfo] = {
