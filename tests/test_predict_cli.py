@@ -102,3 +102,35 @@ def test_missing_input_is_a_clean_error(weights, tmp_path, capsys):
     missing = tmp_path / "nowhere" / "*.png"
     assert main(["predict", str(missing), "--weights", str(weights), "--out", str(tmp_path)]) == 1
     assert str(missing) in capsys.readouterr().err
+
+
+def test_folder_reads_gif_and_webp_and_names_the_files_it_skips(weights, tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(folder / "anim.gif")
+    Image.fromarray(rng.integers(0, 256, (28, 36, 3), dtype=np.uint8)).save(folder / "photo.webp", lossless=True)
+    (folder / "readme.txt").write_text("not an image")
+    assert main(["predict", str(folder), "--weights", str(weights), "--out", str(out), *SCALE, "--quiet"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert len(notes) == 1 and "1 file" in notes[0] and "readme.txt" in notes[0]
+    segmenter = Segmenter(from_pretrained(weights), scale=(64, 32))
+    for name in ("anim.gif", "photo.webp"):
+        with Image.open(folder / name) as picture:  # Pillow's own decoding, independent of read_image
+            pixels = np.array(picture.convert("RGB"))
+        with Image.open(out / f"{Path(name).stem}_label.png") as png:
+            np.testing.assert_array_equal(np.array(png), segmenter.predict(pixels), err_msg=name)
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [Path(line["input"]).name for line in lines] == ["anim.gif", "photo.webp"]
+
+
+def test_skipped_note_counts_every_file_and_names_a_few(tmp_path):
+    from segformer.cli.predict import expand_inputs, skipped_note
+
+    (tmp_path / "a.png").write_bytes(b"")
+    for i in range(7):
+        (tmp_path / f"note{i}.txt").write_text("")
+    files, skipped = expand_inputs([str(tmp_path)])
+    assert files == [tmp_path / "a.png"] and skipped == sorted(tmp_path.glob("*.txt"))
+    note = skipped_note(skipped)
+    assert "skipped 7 files" in note and "note4.txt" in note and "note5.txt" not in note and "\n" not in note

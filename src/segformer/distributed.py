@@ -1,4 +1,4 @@
-"""Process groups under ``torchrun`` and synchronised BatchNorm on any device (used by train and eval).
+"""Process groups under ``torchrun`` and synchronised BatchNorm on any device (used by train, eval and predict).
 
 ``torchrun`` sets WORLD_SIZE, RANK and LOCAL_RANK; with more than one process the group uses NCCL
 on CUDA and Gloo on CPU. The decoder's BatchNorm becomes ``nn.SyncBatchNorm`` on GPUs, and
@@ -32,10 +32,32 @@ class Distributed:
         return self.rank == 0
 
 
-def init_distributed(device: str | None = None) -> Distributed:
-    """Join the ``torchrun`` process group if WORLD_SIZE > 1; pick the device ("cuda" when available).
+def local_device(name: str | None = None) -> torch.device:
+    """The device this process runs on, made current: ``name`` resolved (CUDA when available and None), and a
+    CUDA device without an index is GPU ``LOCAL_RANK`` (set by ``torchrun``; else the current GPU).
 
-    Under torchrun with CUDA, each process uses GPU ``LOCAL_RANK``.
+    Every command that runs under torchrun (train, eval, predict) picks its device here, so that each rank
+    opens its CUDA context on its own GPU and not every rank on GPU 0.
+
+    Raises:
+        ValueError: ``name`` is not a device name or not available here (``segformer.device.resolve_device``).
+    """
+    device = resolve_device(name)
+    if device.type == "cuda":
+        if device.index is None:
+            local_rank = os.environ.get("LOCAL_RANK")
+            device = torch.device("cuda", int(local_rank) if local_rank else torch.cuda.current_device())
+        torch.cuda.set_device(device.index)
+    return device
+
+
+def init_distributed(device: str | None = None, backend: str | None = None) -> Distributed:
+    """Pick the device (``local_device``) and join the ``torchrun`` process group if WORLD_SIZE > 1.
+
+    Args:
+        device: a device name; None chooses CUDA when available.
+        backend: the process group's backend; None is NCCL on CUDA and Gloo elsewhere (predict asks for
+            Gloo: its collectives carry Python objects between host memories).
 
     Raises:
         ValueError: ``device`` is not a device name or not available here (``segformer.device.resolve_device``).
@@ -43,14 +65,10 @@ def init_distributed(device: str | None = None) -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
-        torch.cuda.set_device(dev)
+    dev = local_device(device)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=dev if dev.type == "cuda" else None)
+        backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend, device_id=dev if backend == "nccl" else None)
     return Distributed(rank, world_size, local_rank, dev)
 
 
@@ -77,10 +95,15 @@ def any_process(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def gather_objects(obj: object) -> list:
-    """``[obj of rank 0, obj of rank 1, …]`` on every process."""
+def gather_objects(obj: object, *, main_only: bool = False) -> list:
+    """``[obj of rank 0, obj of rank 1, …]`` on every process; with ``main_only``, on rank 0 alone (the other
+    ranks get ``[]``), so that only rank 0 holds them all. Call on every rank."""
     if not dist.is_initialized():
         return [obj]
+    if main_only:
+        gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(obj, gathered, dst=0)
+        return gathered or []
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out

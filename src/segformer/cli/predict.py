@@ -4,10 +4,11 @@ Bulk runs: under ``torchrun --nproc_per_node N`` rank r predicts the inputs r, r
 expanded input list (its order depends only on the arguments), on GPU ``LOCAL_RANK`` when the device is CUDA.
 Every file is written atomically (temporary file, then rename), so an output that exists is complete, and
 ``--skip-existing`` makes a killed run resume where it stopped. The manifest (``--manifest``, default
-``OUT/manifest.jsonl``) has one JSON line per input in input order: the input, its label map and overlay
-(relative to OUT), its size and the pixels of each class present, or the error that stopped it. Ranks send
-their lines to rank 0, which writes the whole file atomically at the end; the lines of skipped inputs are
-rebuilt from their label maps, so a resumed run writes the same manifest as an uninterrupted one.
+``OUT/manifest.jsonl``) has one JSON line per input: the input, its label map and overlay (relative to OUT), its
+size and the pixels of each class present, or the error that stopped it. Ranks send their lines to rank 0,
+which writes the whole file atomically at the end: the lines of earlier runs into the same manifest, less those
+this run replaces (same input or same label map), then this run's in input order. The lines of skipped inputs
+are rebuilt from their label maps, so a resumed run writes the same manifest as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,23 +69,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_quiet_argument(parser)
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files named, images under folders (recursively) and files matching glob patterns, without repeats."""
-    from segformer.data.datasets import IMAGE_SUFFIXES
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
+    """Files named, images under folders (recursively) and files matching glob patterns, without repeats; and
+    the files under those folders that are not images (``segformer.data.IMAGE_SUFFIXES``, the reader's list)."""
+    from segformer.data import IMAGE_SUFFIXES
 
     files: list[Path] = []
+    skipped: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.is_file())
+            files += [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+            skipped += [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
         elif path.is_file():
             files.append(path)
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
             if not matches:
                 raise FileNotFoundError(f"{item}: no such file or folder, and no file matches it as a pattern")
-            files += expand_inputs([str(m) for m in matches])
-    return list(dict.fromkeys(files))
+            more_files, more_skipped = expand_inputs([str(m) for m in matches])
+            files += more_files
+            skipped += more_skipped
+    return list(dict.fromkeys(files)), list(dict.fromkeys(skipped))
+
+
+def skipped_note(skipped: list[Path], shown: int = 5) -> str:
+    """One line naming the files of the input folders that were left out, e.g. for ``notes.txt``."""
+    from segformer.data import IMAGE_SUFFIXES
+
+    names = ", ".join(str(path) for path in skipped[:shown]) + (", …" if len(skipped) > shown else "")
+    return (
+        f"segformer predict: skipped {plural(len(skipped), 'file')} of the input folders that "
+        f"{'is' if len(skipped) == 1 else 'are'} not an image ({' '.join(IMAGE_SUFFIXES)}): {names}"
+    )
 
 
 def output_stems(files: list[Path]) -> list[str]:
@@ -118,20 +135,44 @@ def manifest_entry(file: Path, outputs: tuple[Path, Path], label: np.ndarray, na
     }
 
 
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes, from torchrun's environment (0, 1 without it)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+def read_manifest(path: Path) -> list[dict]:
+    """The lines of an earlier run's manifest (none when there is no such file).
+
+    Raises:
+        ValueError: naming the file and line that is not a JSON object with an "input".
+    """
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            entry = e.msg
+        if not isinstance(entry, dict) or not isinstance(entry.get("input"), str):
+            raise ValueError(
+                f'--manifest {path}, line {number}: expected a JSON object with an "input" (a manifest of '
+                f"segformer predict), got {line[:80]!r}; pass another --manifest or remove the file"
+            )
+        entries.append(entry)
+    return entries
+
+
+def merge_manifest(earlier: list[dict], entries: list[dict]) -> list[dict]:
+    """The earlier lines that no line of ``entries`` replaces (same input, or same label map), then ``entries``."""
+    inputs = {entry["input"] for entry in entries}
+    labels = {entry["label"] for entry in entries if "label" in entry}
+    kept = [entry for entry in earlier if entry["input"] not in inputs and entry.get("label") not in labels]
+    return kept + entries
 
 
 def build_segmenter(args: argparse.Namespace, device: torch.device):
-    """The model from ``--weights`` on ``device`` (GPU ``LOCAL_RANK`` under torchrun) and its Segmenter."""
-    import torch
-
+    """The model from ``--weights`` on ``device`` and its Segmenter."""
     from segformer.engines import load_for_inference
     from segformer.inference import Segmenter
 
-    if device.type == "cuda" and rank_and_world()[1] > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     model, engine, _ = load_for_inference(args.weights, device, args.engine, args.model)
     return Segmenter(model, engine=engine, **segmenter_options(args))
 
@@ -178,26 +219,27 @@ def existing_entries(jobs: list[tuple[int, Path, tuple[Path, Path]]], names: lis
     return entries
 
 
-def gather(entries: list, counts: list[int], world: int) -> tuple[list, list[int]]:
-    """All ranks' manifest lines (on rank 0) and summed counts; a barrier under torchrun."""
-    if world == 1:
-        return entries, counts
-    import torch
-    import torch.distributed as dist
+def write_summary(parts: list, files: list[Path], earlier: list[dict], manifest: Path, out: Path, segmenter) -> None:
+    """On rank 0: the manifest, from every rank's ``(entries, counts)`` in ``parts``, and the summary lines."""
+    from segformer.fileio import atomic_write
 
-    gathered = [None] * world if dist.get_rank() == 0 else None
-    dist.gather_object(entries, gathered, dst=0)
-    total = torch.tensor(counts, dtype=torch.int64)
-    dist.all_reduce(total)
-    return [entry for part in gathered or [] for entry in part], total.tolist()
+    entries = [entry for part, _ in parts for entry in part]
+    written, skipped, failed = (sum(column) for column in zip(*(counts for _, counts in parts), strict=True))
+    ordered = merge_manifest(earlier, [entry for _, entry in sorted(entries, key=lambda e: e[0])])
+    lines = "".join(json.dumps(entry) + "\n" for entry in ordered)
+    atomic_write(manifest, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
+    skip_note = f"; skipped {plural(skipped, 'input')} with existing outputs" if skipped else ""
+    maps = plural(written, "label map and overlay", "label maps and overlays")
+    print(f"wrote {maps} to {out} ({describe_segmenter(segmenter)}){skip_note}; manifest {manifest}")
+    if failed:
+        print(f"segformer predict: {failed} of {len(files)} images could not be read", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
+    import torch
     from PIL import Image
 
-    from segformer.device import resolve_device
-    from segformer.fileio import atomic_write
+    from segformer.distributed import any_process, close_distributed, gather_objects, init_distributed
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -208,37 +250,33 @@ def run(args: argparse.Namespace) -> int:
     for path, flag, kind in ((out, "--out", "a folder"), (manifest, "--manifest", "a file")):
         if path.exists() and path.is_dir() != (flag == "--out"):
             raise FileExistsError(f"{flag} {path}: exists and is not {kind}")
-    device = resolve_device(args.device)
+    earlier = read_manifest(manifest)
     apply_threads(args.threads)
     if Image.MAX_IMAGE_PIXELS is not None:
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS)
-    files = expand_inputs(args.inputs)
-    if not files:
-        raise FileNotFoundError(f"no images found in {' '.join(args.inputs)}")
-    rank, world = rank_and_world()
-    outputs = [(out / f"{s}_label.png", out / f"{s}_overlay.{args.overlay_format}") for s in output_stems(files)]
-    mine = [(i, files[i], outputs[i]) for i in range(rank, len(files), world)]
-    exists = [args.skip_existing and all(path.is_file() for path in job[2]) for job in mine]
-    done = [job for job, skip in zip(mine, exists, strict=True) if skip]
-    todo = [job for job, skip in zip(mine, exists, strict=True) if not skip]
-    initialised = world > 1 and not dist.is_initialized()
-    if initialised:
-        dist.init_process_group("gloo")  # CPU collectives for the summary, whatever device predicts
+    processes = init_distributed(args.device, backend="gloo")  # CPU collectives: they carry manifest lines
+    earlier = earlier if processes.is_main else []  # every rank checked the file; rank 0 writes it
     try:
-        segmenter = build_segmenter(args, device)
+        files, not_images = expand_inputs(args.inputs)
+        if not files:
+            raise FileNotFoundError(f"no images found in {' '.join(args.inputs)}")
+        if not_images and processes.is_main:
+            print(skipped_note(not_images), file=sys.stderr)
+        rank, world = processes.rank, processes.world_size
+        outputs = [(out / f"{s}_label.png", out / f"{s}_overlay.{args.overlay_format}") for s in output_stems(files)]
+        mine = [(i, files[i], outputs[i]) for i in range(rank, len(files), world)]
+        exists = [args.skip_existing and all(path.is_file() for path in job[2]) for job in mine]
+        done = [job for job, skip in zip(mine, exists, strict=True) if skip]
+        todo = [job for job, skip in zip(mine, exists, strict=True) if not skip]
+        segmenter = build_segmenter(args, processes.device)
         out.mkdir(parents=True, exist_ok=True)
         entries, failed = predict_jobs(segmenter, todo, args, out)
         entries += existing_entries(done, segmenter.model.class_names, out)
-        entries, (written, skipped, failed) = gather(entries, [len(todo) - failed, len(done), failed], world)
-        if rank == 0:
-            lines = "".join(json.dumps(entry) + "\n" for _, entry in sorted(entries, key=lambda e: e[0]))
-            atomic_write(manifest, lambda tmp: Path(tmp).write_text(lines))
-            skip_note = f"; skipped {plural(skipped, 'input')} with existing outputs" if skipped else ""
-            maps = plural(written, "label map and overlay", "label maps and overlays")
-            print(f"wrote {maps} to {out} ({describe_segmenter(segmenter)}){skip_note}; manifest {manifest}")
-            if failed:
-                print(f"segformer predict: {failed} of {len(files)} images could not be read", file=sys.stderr)
+        parts = gather_objects((entries, [len(todo) - failed, len(done), failed]), main_only=True)
+        if processes.is_main:
+            write_summary(parts, files, earlier, manifest, out, segmenter)
+        # Every rank waits here until rank 0 has written the manifest, and all exit with the same status.
+        failed_anywhere = any_process(failed > 0, torch.device("cpu"))
     finally:
-        if initialised:
-            dist.destroy_process_group()
-    return 1 if failed else 0
+        close_distributed()
+    return 1 if failed_anywhere else 0
