@@ -66,9 +66,24 @@ class ScheduleRecipe:
     log_interval: int
 
 
+LOSS_TERMS = ("cross_entropy", "focal", "dice", "lovasz")  # segformer.training.losses implements each
+
+
 @dataclass
 class LossRecipe:
-    class_weights: list[float]  # [] = unweighted; else one weight per class
+    """The training loss (``segformer.training.losses``): a weighted sum of mmseg losses, as mmseg's list of
+    ``loss_decode``; ``class_weights`` apply to cross_entropy, focal and lovasz (mmseg's ``class_weight``)."""
+
+    terms: list[str]  # names from LOSS_TERMS, summed
+    weights: list[float]  # one per term (mmseg's loss_weight)
+    class_weights: list[float] | str  # [] = unweighted, one weight per class, or "auto" (median-frequency balancing)
+    avg_non_ignore: bool  # cross_entropy: false = mean over all pixels (ignored as 0), true = over labelled pixels
+    ohem: bool  # mmseg's OHEMPixelSampler: the pixel-wise terms (cross_entropy, focal) see the hard pixels only
+    ohem_thresh: float  # hard = true-class probability below this; 0 = the ohem_min_kept highest losses
+    ohem_min_kept: int  # at least this many pixels kept per image
+    focal_gamma: float
+    focal_alpha: float
+    dice_naive: bool  # false = V-Net dice (squared denominator terms), true = naive dice
 
 
 @dataclass
@@ -107,10 +122,11 @@ def _check(value: object, hint: object, where: str) -> object:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
-        if not any(isinstance(value, option) for option in options):
-            expected = " or ".join(option.__name__ for option in options)
-            raise ValueError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
-        return value
+        for option in options:  # the option of the value's kind checks it (list[float] | str: the list's items)
+            if isinstance(value, typing.get_origin(option) or option):
+                return _check(value, option, where)
+        expected = " or ".join(option.__name__ for option in options)
+        raise ValueError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -177,7 +193,38 @@ def check_recipe(recipe: Recipe, source: str) -> Recipe:
     need(recipe.model.num_classes >= 0, "model.num_classes", ">= 0 (0 = from the dataset)")
     for key in ("compile", "channels_last"):
         need(getattr(recipe.train, key) in (True, False, "auto"), f"train.{key}", 'true, false or "auto"')
+    _check_loss(recipe.loss, recipe.model.num_classes, need)
     return recipe
+
+
+def _check_loss(loss: LossRecipe, num_classes: int, need: typing.Callable[[bool, str, str], None]) -> None:
+    """The ``[loss]`` values: known, distinct terms with one positive weight each; class weights; OHEM; focal."""
+    need(bool(loss.terms) and set(loss.terms) <= set(LOSS_TERMS), "loss.terms", f"a list of: {', '.join(LOSS_TERMS)}")
+    need(len(set(loss.terms)) == len(loss.terms), "loss.terms", f"distinct names (got {loss.terms})")
+    need(
+        len(loss.weights) == len(loss.terms),
+        "loss.weights",
+        f"one weight per term of loss.terms ({len(loss.terms)} terms, got {len(loss.weights)} weights)",
+    )
+    need(all(w > 0 for w in loss.weights), "loss.weights", "> 0 each")
+    weights = loss.class_weights
+    if isinstance(weights, str):
+        need(weights == "auto", "loss.class_weights", '[] (unweighted), a list of one weight per class, or "auto"')
+    else:
+        need(
+            all(w >= 0 for w in weights) and (not weights or max(weights) > 0), "loss.class_weights", ">= 0, not all 0"
+        )
+        need(
+            not weights or not num_classes or len(weights) == num_classes,
+            "loss.class_weights",
+            f"one weight per class (model.num_classes = {num_classes}, got {len(weights)} weights)",
+        )
+    need(0 <= loss.ohem_thresh <= 1, "loss.ohem_thresh", "in [0, 1] (0 = keep the ohem_min_kept highest losses)")
+    need(loss.ohem_min_kept >= 1, "loss.ohem_min_kept", ">= 1")
+    pixel_terms = {"cross_entropy", "focal"} & set(loss.terms)
+    need(not loss.ohem or bool(pixel_terms), "loss.ohem", "false unless loss.terms has cross_entropy or focal")
+    need(loss.focal_gamma >= 0, "loss.focal_gamma", ">= 0")
+    need(0 <= loss.focal_alpha <= 1, "loss.focal_alpha", "in [0, 1]")
 
 
 def packaged_recipes() -> list[str]:
