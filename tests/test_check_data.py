@@ -34,7 +34,7 @@ def break_dataset(root: Path) -> dict[str, Path]:
     Image.fromarray(wrong).save(masks / "00002.png")  # ids 9 and 200 with 6 classes
     colour = np.zeros((*SIZE, 3), np.uint8)
     colour[..., 0] = 10
-    Image.fromarray(colour).save(masks / "00003.png")  # colour-coded RGB mask
+    Image.fromarray(colour).save(masks / "00003.png")  # an RGB colour mask among palette PNGs
     (images / "00004.png").write_bytes(b"not an image")
     return {
         "truncated": images / "00000.png",
@@ -55,7 +55,8 @@ def test_clean_dataset_counts_match_numpy(root):
     assert report.ignored == counts[255]
     text = report.format()
     assert "no problems found" in text
-    rows = {line.split()[1]: line.split() for line in text.splitlines()[2:8]}
+    assert text.splitlines()[1] == "masks: class-index masks (palette PNGs)"
+    rows = {line.split()[1]: line.split() for line in text.splitlines()[3:9]}
     for k, name in enumerate(["background", "disc", "square", "triangle", "ring", "cross"]):
         assert rows[name] == [str(k), name, f"{100 * counts[k] / counts.sum():.2f}%", str(report.images_per_class[k])]
     report.raise_if_broken()  # nothing to raise
@@ -70,7 +71,10 @@ def test_every_problem_is_found_and_names_its_file(root):
     assert str(damaged["truncated"]) in report.problems[0] and "cannot read image" in report.problems[0]
     assert "56×41" in report.problems[1] and "56×40" in report.problems[1]
     assert "[9, 200]" in report.problems[2] and "0..5" in report.problems[2]
-    assert "colour-coded" in report.problems[3]
+    assert (
+        f"RGB colour masks (mode RGB) in a folder of class-index masks (palette PNGs) such as {root}"
+        in (report.problems[3])
+    )
     assert str(damaged["garbage"]) in report.problems[4]
     np.testing.assert_array_equal(report.counts, np.bincount(masks_of(root)[5].ravel(), minlength=6)[:6])
     with pytest.raises(ValueError, match=r"00000\.png.*and 4 more problem"):
@@ -81,7 +85,7 @@ def test_fast_check_reads_headers_only(root):
     break_dataset(root)
     fast = check_dataset(build_dataset("custom", root, "val"), progress=False, fast=True)
     # the truncated image has an intact header: only the full check decodes it
-    assert len(fast.problems) == 4 and not any("00000.png" in p for p in fast.problems)
+    assert len(fast.problems) == 4 and not any(str(root / "images" / "val" / "00000.png") in p for p in fast.problems)
 
 
 def test_exif_rotated_jpeg_is_measured_as_displayed(tmp_path):

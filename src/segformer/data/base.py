@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from segformer.config import TestProtocol
 from segformer.constants import IGNORE_INDEX
-from segformer.data.reading import read_image, read_mask
+from segformer.data.mask_coding import MaskCoding, read_coded_mask
+from segformer.data.reading import read_image
 
 Palette = tuple[tuple[int, int, int], ...]
 Samples = list[tuple[Path, Path]]  # (image file, mask file) pairs
@@ -33,12 +34,15 @@ class DatasetInfo:
         palette: one (r, g, b) per class; empty for "custom".
         protocol: the official test protocol (see ``docs/PROTOCOL.md``); its ``reduce_zero_label`` says
             whether stored label 0 is "other" (-> 255) and every other id shifts down by one.
+        masks: how the mask files hold class ids (``mask_coding.MaskCoding``: colour or index masks, set by
+            the custom dataset from its folder); None: as stored (``read_mask``).
     """
 
     name: str
     classes: tuple[str, ...]
     palette: Palette
     protocol: TestProtocol = TestProtocol()
+    masks: MaskCoding | None = None
 
     @property
     def num_classes(self) -> int:
@@ -110,7 +114,7 @@ class BaseSegmentationDataset(Dataset):
 
 
 class SegmentationDataset(BaseSegmentationDataset):
-    """(image, mask) file pairs read with ``read_image`` / ``read_mask`` and mapped to train ids.
+    """(image, mask) file pairs read with ``read_image`` / ``read_mask`` (or ``info.masks``) and mapped to train ids.
 
     Args:
         samples: (image path, mask path) pairs.
@@ -140,7 +144,7 @@ class SegmentationDataset(BaseSegmentationDataset):
         """The untransformed image and mapped mask of sample ``index``."""
         image_path, mask_path = self.samples[index]
         image = read_image(image_path)
-        mask = read_mask(mask_path)
+        mask = read_coded_mask(mask_path, self.info.masks)
         if self.label_map is not None:
             mask = self.label_map[mask]
         if mask.shape != image.shape[:2]:

@@ -4,8 +4,10 @@
 cheaply: masks are decoded (their values are what is checked and counted), images only as far as needed.
 Full check: JPEGs are decoded at 1/8 scale (``Image.draft``, the DCT's own downscaling, which still reads
 every byte of the file and fails on a truncated one), other formats fully. ``fast=True`` reads only the
-image headers (size and EXIF orientation). Masks get the dataset's label mapping (e.g. ADE20K's
-reduce_zero_label) before their values are checked against the class ids and the ignore value 255.
+image headers (size and EXIF orientation). Masks are read as the dataset reads them (a custom folder's RGB
+colour masks through the colours of its ``classes.txt``, ``segformer.data.mask_coding``) and get the dataset's
+label mapping (e.g. ADE20K's reduce_zero_label) before their values are checked against the class ids and the
+ignore value 255.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from segformer.constants import IGNORE_INDEX
-from segformer.data.reading import read_mask
+from segformer.data.mask_coding import MaskCoding, read_coded_mask
 from segformer.progress import progress_bar
 
 EXIF_ORIENTATION = 0x0112
@@ -40,6 +42,7 @@ class DataReport:
         images_per_class: number of masks in which each class appears.
         ignored: pixels with the ignore value 255.
         problems: one line per problem, each naming the file.
+        masks: how the masks are read (``MaskCoding.describe()``), "" when the dataset does not say.
     """
 
     name: str
@@ -49,6 +52,7 @@ class DataReport:
     num_images: int = 0
     ignored: int = 0
     problems: list[str] = field(default_factory=list)
+    masks: str = ""
 
     @property
     def ok(self) -> bool:
@@ -61,6 +65,7 @@ class DataReport:
         lines = [
             f"{self.name}: {self.num_images} image/mask pairs, {len(self.classes)} classes, "
             f"{_share(self.ignored, total)} of the pixels ignored (255)",
+            *([f"masks: {self.masks}"] if self.masks else []),
             f"{'id':>4}  {'class':<{width}}  {'pixels':>8}  {'images':>7}",
         ]
         for k, name in enumerate(self.classes):
@@ -122,8 +127,16 @@ def histogram(mask: np.ndarray) -> np.ndarray:
     return counts
 
 
-def check_pair(image_path: Path, mask_path: Path, label_map: np.ndarray | None, num_classes: int, decode: bool):
-    """(pixel counts per stored value 0..255, problem line or None) of one image/mask pair."""
+def check_pair(
+    image_path: Path,
+    mask_path: Path,
+    label_map: np.ndarray | None,
+    num_classes: int,
+    decode: bool,
+    coding: MaskCoding | None = None,
+):
+    """(pixel counts per stored value 0..255, problem line or None) of one image/mask pair, its mask read through
+    ``coding`` (the dataset's ``info.masks``) when given."""
     try:
         height, width = image_size(image_path, decode)
     except FileNotFoundError:
@@ -131,7 +144,7 @@ def check_pair(image_path: Path, mask_path: Path, label_map: np.ndarray | None, 
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return None, f"{image_path}: cannot read image file: corrupt or not an image ({e})"
     try:
-        mask = read_mask(mask_path)
+        mask = read_coded_mask(mask_path, coding)
     except (OSError, ValueError) as e:
         return None, str(e)
     if label_map is not None:
@@ -152,7 +165,7 @@ def check_dataset(dataset, *, progress: bool = True, fast: bool = False, workers
     """Check every (image, mask) pair of ``dataset``; return the report instead of stopping at the first problem.
 
     Args:
-        dataset: a ``SegmentationDataset`` (``samples``, ``label_map``, ``classes``).
+        dataset: a ``SegmentationDataset`` (``samples``, ``label_map``, ``classes``, ``info.masks``).
         progress: show a progress bar (``segformer.progress.progress_bar``).
         fast: read image headers only (sizes), not their pixels; masks are always read in full.
         workers: reading threads (default: the CPU count, at most 8); Pillow decodes without the GIL.
@@ -162,7 +175,9 @@ def check_dataset(dataset, *, progress: bool = True, fast: bool = False, workers
     report = DataReport(getattr(dataset, "name", type(dataset).__name__), list(dataset.classes), zeros, zeros.copy())
     workers = workers or min(8, os.cpu_count() or 1)
     label_map = getattr(dataset, "label_map", None)
-    jobs = [(Path(image), Path(mask), label_map, num_classes, not fast) for image, mask in dataset.samples]
+    coding = getattr(getattr(dataset, "info", None), "masks", None)
+    report.masks = coding.describe() if coding is not None else ""
+    jobs = [(Path(image), Path(mask), label_map, num_classes, not fast, coding) for image, mask in dataset.samples]
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda job: check_pair(*job), jobs)
         for counts, problem in progress_bar(

@@ -1,9 +1,11 @@
 """A custom folder: ``images/<split>/…`` and ``masks/<split>/….png`` paired by relative path and stem, with a
 ``classes.txt`` (``name [r g b]`` per line).
 
-Masks hold class ids (``binary=True``: 0/255 or 0/1 → 0/1; ``reduce_zero_label=True``: 0 → ignore, others − 1);
-without a split folder, images directly in ``images/`` serve every split. The test protocol is the default
-``TestProtocol`` (keep-ratio resize within 2048×512, whole image).
+Masks hold class ids (palette or grayscale PNGs; ``binary=True``: 0/255 or 0/1 → 0/1; ``reduce_zero_label=True``:
+0 → ignore, others − 1), or are RGB colour masks read through the colours of ``classes.txt`` (a line named
+``ignore`` gives the ignored colour), as ``segformer.data.mask_coding`` describes; the first mask of the split
+says which. Without a split folder, images directly in ``images/`` serve every split. The test protocol is the
+default ``TestProtocol`` (keep-ratio resize within 2048×512, whole image).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from segformer.data.base import (
     require_folder,
 )
 from segformer.data.classes import default_palette, read_classes_file
+from segformer.data.mask_coding import folder_coding
 from segformer.data.reading import IMAGE_SUFFIXES
 
 INFO = DatasetInfo("custom", (), ())  # classes and palette come from each folder's classes.txt
@@ -63,11 +66,20 @@ def find_samples(
         stems[key] = image
     samples = pair_with_masks(images, lambda image: mask_root / image.relative_to(image_root).with_suffix(".png"))
     names, palette = _class_list(root, classes, binary)
+    source = "the classes option" if classes is not None else str(root / "classes.txt")
+    coding, names, palette = folder_coding([mask for _, mask in samples], names, palette, source)
+    if coding.kind == "colour" and (binary or reduce_zero_label):
+        raise ValueError(
+            f"custom: {'binary' if binary else 'reduce_zero_label'}=True is for class-index masks, but "
+            f"{coding.reference} is an RGB colour mask (read through the colours of {source}; a line named "
+            "`ignore` gives the ignored colour)"
+        )
     info = dataclasses.replace(
         INFO,
         classes=names,
         palette=palette or as_palette(default_palette(len(names))),
         protocol=INFO.protocol.replace(reduce_zero_label=reduce_zero_label),
+        masks=coding,
     )
     label_map = BINARY if binary else REDUCE_ZERO_LABEL if reduce_zero_label else None
     return samples, info, label_map
