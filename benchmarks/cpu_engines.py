@@ -31,8 +31,9 @@ from _run import median_ms, worker_ms
 import segformer
 from segformer.config import TestProtocol
 from segformer.data import SyntheticDataset
-from segformer.engines import OnnxRuntimeEngine, export_for_engine, quantize_int8
+from segformer.engines import OnnxRuntimeEngine, export_for_engine
 from segformer.inference import Segmenter
+from segformer.onnx_passes import quantize_int8
 
 SIZE = 512
 ENGINES = ("torch fp32", "default", "onnxruntime fp32", "onnxruntime int8")
@@ -40,7 +41,7 @@ ENGINES = ("torch fp32", "default", "onnxruntime fp32", "onnxruntime int8")
 
 def random_model(variant: str) -> segformer.SegFormer:
     """A random model whose norms have an affine as trained ones do: a fresh model's scales are 1 and its shifts 0,
-    which the ONNX Runtime engine's graph drops (``engines.layer_norms_as_instance_norms``)."""
+    which the ONNX Runtime engine's graph drops (``onnx_passes.layer_norms_as_instance_norms``)."""
     torch.manual_seed(0)
     model = segformer.create_model(variant, num_classes=150).eval()
     with torch.no_grad():

@@ -11,13 +11,18 @@ Input ``pixel_values`` (B×C×H×W, normalised), output ``logits`` (B×classes×
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+# torch is imported inside the functions: `segformer export --help` reads FORMATS and DEFAULT_OPSET without it.
+if TYPE_CHECKING:
+    import torch
 
-from segformer.fileio import atomic_write
-from segformer.model import SegFormer
+    from segformer.model import SegFormer
 
 FORMATS = ("onnx", "pt2")
 DEFAULT_OPSET = 18
@@ -25,9 +30,42 @@ DEFAULT_OPSET = 18
 EXAMPLE_BATCH = 2
 # Smallest height and width of the exported graphs: every stage map and reduced key/value map is >= 2×2.
 EXPORT_MIN_SIZE = 61
+# The exporters' lines that are no concern of the user's: torch.onnx logs, at each export, that it skips
+# torchvision's operators (this project does not use torchvision), and torch.export warns of its own use of a
+# deprecated pytree class (``LeafSpec``).
+TORCHVISION_LOGGER = "torch.onnx._internal.exporter._registration"
+TORCHVISION_MESSAGE = "torchvision is not installed"
+LEAF_SPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records whose message starts with ``prefix``; every other record passes."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the exporters' torchvision and ``LeafSpec`` lines (and only those) inside the block."""
+    logger = logging.getLogger(TORCHVISION_LOGGER)
+    drop = _DropMessages(TORCHVISION_MESSAGE)
+    logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=LEAF_SPEC_WARNING, category=FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _example_input(model: SegFormer, height: int, width: int) -> torch.Tensor:
+    import torch
+
     if min(height, width) < EXPORT_MIN_SIZE:
         raise ValueError(f"export size {height}×{width}: height and width must be >= {EXPORT_MIN_SIZE}")
     weight = model.backbone.patch_embed1.proj.weight
@@ -35,6 +73,8 @@ def _example_input(model: SegFormer, height: int, width: int) -> torch.Tensor:
 
 
 def _dynamic_shapes() -> dict:
+    import torch
+
     dim = torch.export.Dim
     return {
         "x": {
@@ -47,16 +87,24 @@ def _dynamic_shapes() -> dict:
 
 def export_program(model: SegFormer, height: int = 512, width: int = 512) -> torch.export.ExportedProgram:
     """``torch.export`` the model in eval mode, traced at ``height``×``width`` with dynamic batch, height and width."""
+    import torch
+
     was_training = model.training
     model.eval()
     try:
-        return torch.export.export(model, (_example_input(model, height, width),), dynamic_shapes=_dynamic_shapes())
+        with quiet_exporter():
+            example = (_example_input(model, height, width),)
+            return torch.export.export(model, example, dynamic_shapes=_dynamic_shapes())
     finally:
         model.train(was_training)
 
 
 def export_pt2(model: SegFormer, path: str | Path, height: int = 512, width: int = 512) -> Path:
     """Write a ``torch.export`` program (load with ``torch.export.load(path).module()``)."""
+    import torch
+
+    from segformer.fileio import atomic_write
+
     path = Path(path)
     program = export_program(model, height, width)
     atomic_write(path, lambda tmp: torch.export.save(program, tmp))
@@ -84,18 +132,23 @@ def export_onnx(
         import onnxscript  # noqa: F401  (the dynamo exporter needs it; fail early with a clear message)
     except ImportError:
         raise ImportError("ONNX export needs onnx and onnxscript: pip install 'segformer[export]'") from None
+    import torch
+
+    from segformer.fileio import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program = export_program(model, height, width)
-    onnx_program = torch.onnx.export(
-        program,
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        opset_version=opset,
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
+    with quiet_exporter():
+        onnx_program = torch.onnx.export(
+            program,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     atomic_write(path, lambda tmp: onnx_program.save(tmp))
     return path
 
@@ -103,6 +156,7 @@ def export_onnx(
 def onnx_max_abs_diff(model: SegFormer, path: str | Path, sizes: Iterable[tuple[int, int, int]]) -> float:
     """Largest |onnxruntime − PyTorch| of the logits over random inputs of the given (batch, height, width) sizes."""
     import onnxruntime  # optional dependency (segformer[export]), needed only for this check
+    import torch
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     was_training = model.training

@@ -6,8 +6,8 @@ quantised with ONNX Runtime and calibrated on real images of the dataset.
 
 from __future__ import annotations
 
-# The library and torch are imported inside the functions below: `segformer --help` and
-# `segformer COMMAND --help` stay fast.
+# The library's models and torch are imported inside the functions below (segformer.export imports torch only
+# inside its functions): `segformer --help` and `segformer export --help` stay fast.
 import argparse
 import tempfile
 from pathlib import Path
@@ -67,7 +67,8 @@ def quantize(args: argparse.Namespace, model: SegFormer, protocol: TestProtocol)
     and normalised by the model's test ``protocol``. It quantises the ONNX Runtime engine's own export of the model
     (``export_for_engine``), not the plain file written beside it."""
     from segformer.data import build_dataset
-    from segformer.engines import export_for_engine, quantize_int8
+    from segformer.engines import export_for_engine
+    from segformer.onnx_passes import quantize_int8
 
     dataset = build_dataset(args.calibrate, args.data_root, args.split)
     count = min(args.calibration_images, len(dataset))
