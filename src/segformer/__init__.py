@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from segformer.config import VARIANTS, SegFormerConfig, TestProtocol
     from segformer.data import DATASETS, SegmentationDataset, SyntheticDataset, build_dataset
-    from segformer.evaluate import evaluate
+    from segformer.evaluation import evaluate
     from segformer.fileio import CheckpointError
     from segformer.inference import Segmenter
     from segformer.metrics import ConfusionMatrix
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 _PUBLIC = {
     **dict.fromkeys(("VARIANTS", "SegFormerConfig", "TestProtocol"), "config"),
     **dict.fromkeys(("DATASETS", "SegmentationDataset", "SyntheticDataset", "build_dataset"), "data"),
-    "evaluate": "evaluate",
+    "evaluate": "evaluation",
     "CheckpointError": "fileio",
     "Segmenter": "inference",
     "ConfusionMatrix": "metrics",

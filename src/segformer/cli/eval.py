@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     from segformer.data import build_dataset
     from segformer.distributed import close_distributed, init_distributed
-    from segformer.evaluate import evaluate
+    from segformer.evaluation import evaluate
     from segformer.fileio import atomic_write_json
     from segformer.metrics import format_table
 
