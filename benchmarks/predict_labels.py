@@ -1,4 +1,4 @@
-"""``Segmenter.predict`` with labels from the small logits (``segformer.resize.resized_argmax``) against the dense
+"""``Segmenter.predict`` with labels from the small logits (``segformer.score_resize.resized_argmax``) against the dense
 resize + argmax, on synthetic scenes, with the weights' own model; and the default precision against fp32.
 
 For each size: milliseconds per image of both label paths (same process, alternating, median), whether their
@@ -20,20 +20,20 @@ import torch
 from _run import median_ms
 
 import segformer
-from segformer import resize
+from segformer import score_resize
 from segformer.data import SyntheticDataset
 from segformer.inference import Segmenter
 
 
 def labels_ms(segmenter: Segmenter, images: list[np.ndarray], dense: bool, rounds: int) -> tuple[float, list]:
     """Median ms per image of ``predict`` over ``rounds`` passes (dense: the full-resolution resize), and the labels."""
-    share = resize.DENSE_SHARE
-    resize.DENSE_SHARE = 0.0 if dense else share
+    share = score_resize.DENSE_SHARE
+    score_resize.DENSE_SHARE = 0.0 if dense else share
     try:
         labels = [segmenter.predict(image) for image in images]
         ms = median_ms(lambda: segmenter.predict(images[0]), rounds)
     finally:
-        resize.DENSE_SHARE = share
+        score_resize.DENSE_SHARE = share
     return ms, labels
 
 

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from segformer import create_model, resize
+from segformer import create_model, score_resize
 from segformer.config import TestProtocol as Protocol  # aliased: pytest would collect a "Test…" class
 from segformer.constants import IMAGE_MEAN, IMAGE_STD
-from segformer.inference import Segmenter, sliding_windows, view_size
-from segformer.resize import resize_rows, resized_argmax
+from segformer.inference import Segmenter, label_dtype, sliding_windows, view_size
+from segformer.score_resize import resize_rows, resized_argmax
 
 K = 4
 
@@ -126,10 +126,10 @@ def test_resized_argmax_equals_the_argmax_of_the_resizes(shape, size, crop, fina
     if final is not None:
         scores = F.interpolate(scores, final, mode="bilinear", align_corners=False)
     dense = scores.argmax(1)
-    monkeypatch.setattr(resize, "CHUNK_PIXELS", 97)  # several chunks
+    monkeypatch.setattr(score_resize, "CHUNK_PIXELS", 97)  # several chunks
     shortcut = resized_argmax(logits, size, crop, final)
     assert torch.equal(shortcut, dense)  # only the boundary pixels interpolated
-    monkeypatch.setattr(resize, "DENSE_SHARE", 0.0)
+    monkeypatch.setattr(score_resize, "DENSE_SHARE", 0.0)
     assert torch.equal(resized_argmax(logits, size, crop, final, max_elements=5000), dense)  # the dense fallback
 
 
@@ -251,3 +251,17 @@ def test_bad_input_is_named(model, tmp_path):
         segmenter.predict(tmp_path / "missing.png")
     with pytest.raises(ValueError, match="mode must be"):
         Segmenter(model, protocol(), mode="tiles")
+
+
+def test_labels_are_uint8_up_to_256_classes_and_int32_beyond():
+    assert (label_dtype(1), label_dtype(256), label_dtype(257)) == (torch.uint8, torch.uint8, torch.int32)
+    torch.manual_seed(0)
+    many = create_model("b0", num_classes=300).eval()
+    with torch.no_grad():
+        many.decode_head.linear_pred.bias[256:].add_(50.0)  # classes past 255 win: uint8 would wrap them
+    image = random_image(40, 50, seed=8)
+    for mode in ("whole", "slide"):  # labels from the small logits, and from the full scores
+        segmenter = Segmenter(many, protocol(mode=mode, scale=None, crop=(32, 32), stride=(24, 24)))
+        labels = segmenter.predict(image)
+        assert labels.dtype == np.int32 and labels.min() >= 256
+        np.testing.assert_array_equal(labels, segmenter.predict_logits(image).argmax(0).numpy())

@@ -468,3 +468,45 @@ def test_model_config_is_read_only():
         model.config = model.config.replace(num_classes=4)
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.config.num_classes = 4
+
+
+def test_attention_dropout_maps_to_transformers_both_ways(tmp_path):
+    """``attn_drop_rate`` is transformers' ``attention_probs_dropout_prob``, written and read back."""
+    segformer.create_model("b0", num_classes=3, attn_drop_rate=0.2).save_pretrained(tmp_path / "to-hf", layout="hf")
+    hf = SegformerForSemanticSegmentation.from_pretrained(tmp_path / "to-hf")
+    assert hf.config.attention_probs_dropout_prob == 0.2
+    dropouts = [m.attention_dropout for m in hf.modules() if hasattr(m, "attention_dropout")]
+    assert len(dropouts) == 8 and set(dropouts) == {0.2}  # transformers applies it in every block
+    make_hf_model("b0", attention_probs_dropout_prob=0.15).save_pretrained(tmp_path / "hf")
+    loaded = segformer.from_pretrained(tmp_path / "hf")
+    assert loaded.config.attn_drop_rate == 0.15 and loaded.backbone.block4[1].attn.attn_drop == 0.15
+    segformer.create_model("b0", num_classes=3, attn_drop_rate=0.25).save_pretrained(tmp_path / "ours")
+    assert segformer.from_pretrained(tmp_path / "ours").config.attn_drop_rate == 0.25
+
+
+def test_config_from_dict_warns_naming_unknown_keys():
+    config = segformer.SegFormerConfig("b1", num_classes=3, protocol=TestProtocol(scale=None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the "format" bookkeeping key of our config.json is not unknown
+        assert segformer.SegFormerConfig.from_dict({"format": "segformer", **config.to_dict()}) == config
+    with pytest.warns(UserWarning, match=r"model config: unknown key\(s\) 'colours', 'depth' ignored") as record:
+        assert segformer.SegFormerConfig.from_dict({**config.to_dict(), "colours": [], "depth": 3}) == config
+    assert len(record) == 1
+
+
+def test_stored_config_with_an_unknown_key_warns_naming_file_and_key(tmp_path):
+    segformer.create_model("b0", num_classes=3, class_names=["a", "b", "c"]).save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**stored, "future_option": 1}))
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(tmp_path / 'config.json'))} .*'future_option' ignored"):
+        assert segformer.from_pretrained(tmp_path).class_names == ["a", "b", "c"]
+
+
+def test_replace_applies_none_values():
+    config = segformer.SegFormerConfig("b0", num_classes=3, class_names=["a", "b", "c"], protocol=TestProtocol())
+    assert config.replace(protocol=None, class_names=None) == segformer.SegFormerConfig("b0", num_classes=3)
+
+
+def test_unknown_save_layout_names_the_written_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown layout 'smp': expected one of 'ours', 'hf'"):
+        segformer.create_model("b0", num_classes=3).save_pretrained(tmp_path, layout="smp")

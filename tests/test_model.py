@@ -7,7 +7,8 @@ import torch
 
 import segformer
 from reference import HF_VARIANTS, make_hf_model
-from segformer.model import MIN_INPUT_SIZE
+from segformer.config import VARIANTS as VARIANT_TABLE
+from segformer.model import MIN_INPUT_SIZE, EfficientSelfAttention
 
 VARIANTS = list(HF_VARIANTS)
 # Non-square, neither side a multiple of 32, batch > 1.
@@ -109,6 +110,32 @@ def test_drop_path_and_dropout_only_in_training():
     rates = [block.drop_path.p for i in range(1, 5) for block in getattr(model.backbone, f"block{i}")]
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.5)
     assert rates == sorted(rates)
+
+
+def test_attention_dropout_reaches_every_block_and_acts_only_in_training():
+    """``attn_drop_rate`` (official name) drops attention probabilities in every block, in training only."""
+    options = {"drop_path_rate": 0.0, "decoder_dropout": 0.0}  # attention dropout is the only random part left
+    torch.manual_seed(0)
+    model = segformer.create_model("b0", num_classes=3, attn_drop_rate=0.3, **options)
+    torch.manual_seed(0)
+    plain = segformer.create_model("b0", num_classes=3, **options)  # the same weights, no attention dropout
+    attentions = [m for m in model.modules() if isinstance(m, EfficientSelfAttention)]
+    assert len(attentions) == sum(VARIANT_TABLE["b0"].depths) == 8
+    assert all(m.attn_drop == 0.3 for m in attentions)
+    assert all(m.attn_drop == 0.0 for m in plain.modules() if isinstance(m, EfficientSelfAttention))
+    x = torch.randn(2, 3, 64, 64)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), atol=0, rtol=0)  # eval: as if there were none
+    model.train(), plain.train()  # (training updates BatchNorm's statistics: eval is checked first)
+    torch.testing.assert_close(plain(x), plain(x), atol=0, rtol=0)  # without it, training mode is deterministic
+    assert not torch.allclose(model(x), model(x))  # with it, two runs differ
+
+
+def test_drop_rates_must_be_probabilities():
+    for name in ("drop_path_rate", "attn_drop_rate", "decoder_dropout"):
+        with pytest.raises(ValueError, match=rf"{name} must be a probability in \[0, 1\), got 1.5"):
+            segformer.create_model("b0", num_classes=3, **{name: 1.5})
 
 
 def test_official_layer_norm_eps():

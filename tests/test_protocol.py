@@ -287,3 +287,25 @@ def test_overrides_replace_single_fields(model):
     assert not Segmenter.for_dataset(model, "ade20k").aug and Segmenter.for_dataset(model, "ade20k").num_views == 1
     with pytest.raises(TypeError, match="unknown setting.*'ratios'"):
         Segmenter(model, base, ratios=(1.0,))
+
+
+def test_aug_ratios_imply_multi_scale(model):
+    """Passing ratios asks for multi-scale: the views are the ratios (× flip), without ``aug=True``."""
+    recorder = Recorder(model)
+    segmenter = Segmenter(model, Protocol(scale=(128, 32)), aug_ratios=(0.5, 1.0), flip=True, engine=recorder)
+    segmenter.predict(random_image(40, 60))
+    assert segmenter.aug and segmenter.ratios == (0.5, 1.0) and segmenter.num_views == 4 and len(recorder.shapes) == 4
+    assert Segmenter(model, Protocol(), aug_ratios=(0.5, 1.0), flip=False).num_views == 2
+    assert Segmenter.for_dataset(model, "ade20k", aug_ratios=(1.0, 2.0)).num_views == 4  # ADE20K's flip is on
+    assert Segmenter(model, Protocol(), aug_ratios=None).num_views == 1  # None: not given (a CLI default)
+    assert Segmenter(model, Protocol(), flip=True).num_views == 1  # flip alone does not ask for scales
+    with pytest.raises(ValueError, match=r"aug_ratios=\(0.5, 1.0\) asks for multi-scale testing but aug=False"):
+        Segmenter(model, Protocol(), aug=False, aug_ratios=(0.5, 1.0))
+
+
+def test_protocol_replace_applies_none_and_from_dict_warns_naming_unknown_keys():
+    assert Protocol().replace(scale=None, size_divisor=None).scale is None  # None is a value: the image's own size
+    stored = {**Protocol(mode="slide").to_dict(), "aug": True, "tta": []}
+    with pytest.warns(UserWarning, match=r"test protocol: unknown key\(s\) 'aug', 'tta' ignored") as record:
+        assert Protocol.from_dict(stored) == Protocol(mode="slide")
+    assert len(record) == 1

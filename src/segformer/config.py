@@ -9,6 +9,11 @@ Both also convert to and from transformers' files: ``SegformerConfig`` (``config
 ``SegformerImageProcessor`` (``preprocessor_config.json``), so a model written in the transformers
 layout loads there and comes back here with its class names, palette and protocol.
 
+Both dataclasses follow one rule for changes and for stored dictionaries: ``replace(**changes)`` applies every
+change as given, None included (``scale=None`` tests at the image's own size, ``protocol=None`` forgets the
+protocol), so callers holding optional values (CLI flags) drop the Nones themselves; ``from_dict`` warns naming
+the keys it does not know and ignores them, so a file written by a newer version still loads.
+
 Variants are Table 6 of the paper (Xie et al., NeurIPS 2021, arXiv 2105.15203) and the official
 ``mit_b0`` … ``mit_b5`` classes of ``mmseg/models/backbones/mix_transformer.py`` (NVlabs/SegFormer).
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +31,8 @@ from segformer.constants import IGNORE_INDEX, IMAGE_MEAN, IMAGE_STD
 # Extra keys in transformers' JSON files that keep what they have no field for (transformers ignores them).
 HF_PROTOCOL_KEY = "segformer_protocol"
 HF_PALETTE_KEY = "segformer_palette"
+# The bookkeeping key of our config.json (``segformer.writer``), beside the SegFormerConfig fields.
+CONFIG_FORMAT_KEY = "format"
 
 
 @dataclass(frozen=True)
@@ -126,16 +134,16 @@ class TestProtocol:
             set_(self, name, values)
 
     def replace(self, **changes: Any) -> TestProtocol:
-        """A copy with ``changes`` applied (None values are ignored, so CLI flags can be passed as they are)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with ``changes`` applied, None values included (``scale=None``: the image's own size)."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TestProtocol:
-        """Build from ``to_dict()`` output; an unknown key is named."""
-        return cls(**_known_fields(cls, data, "test protocol"))
+        """Build from ``to_dict()`` output; unknown keys are named in one warning and ignored."""
+        return cls(**known_fields(cls, data, "test protocol"))
 
     @classmethod
     def from_hf_preprocessor(cls, data: dict[str, Any], base: TestProtocol | None = None) -> TestProtocol | None:
@@ -148,7 +156,9 @@ class TestProtocol:
         if HF_PROTOCOL_KEY in data:
             stored = data[HF_PROTOCOL_KEY]
             return None if stored is None else cls.from_dict(stored)
-        changes: dict[str, Any] = {"reduce_zero_label": data.get("do_reduce_labels")}
+        changes: dict[str, Any] = {}
+        if data.get("do_reduce_labels") is not None:
+            changes["reduce_zero_label"] = data["do_reduce_labels"]
         for name in ("mean", "std"):
             if data.get(f"image_{name}") is not None:
                 changes[name] = tuple(round(float(v) * 255, 6) for v in data[f"image_{name}"])
@@ -164,6 +174,8 @@ class SegFormerConfig:
         num_classes: output classes.
         in_channels: image channels.
         drop_path_rate: stochastic depth at the last encoder block (rising linearly from 0).
+        attn_drop_rate: dropout on the attention probabilities of every encoder block (official
+            ``attn_drop_rate``, 0.0 in every ``mit_b*``; transformers' ``attention_probs_dropout_prob``).
         decoder_dropout: Dropout2d probability before the classifier.
         layer_norm_eps: eps of the encoder's block and stage LayerNorms (official 1e-6; transformers 1e-5).
         class_names: one name per class, or None.
@@ -175,6 +187,7 @@ class SegFormerConfig:
     num_classes: int = 150
     in_channels: int = 3
     drop_path_rate: float = 0.1
+    attn_drop_rate: float = 0.0
     decoder_dropout: float = 0.1
     layer_norm_eps: float = 1e-6
     class_names: tuple[str, ...] | None = None
@@ -186,6 +199,9 @@ class SegFormerConfig:
         set_(self, "variant", normalize_variant(self.variant))
         if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
             raise ValueError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
+        for name in ("drop_path_rate", "attn_drop_rate", "decoder_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {getattr(self, name)!r}")
         if self.class_names is not None:
             set_(self, "class_names", tuple(str(n) for n in self.class_names))
             if len(self.class_names) != self.num_classes:
@@ -211,7 +227,7 @@ class SegFormerConfig:
         return self.class_names or tuple(f"class_{i}" for i in range(self.num_classes))
 
     def replace(self, **changes: Any) -> SegFormerConfig:
-        """A copy with ``changes`` applied."""
+        """A copy with ``changes`` applied, None values included (``protocol=None`` forgets the protocol)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,9 +237,10 @@ class SegFormerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegFormerConfig:
-        """Build from ``to_dict()`` output (extra bookkeeping keys such as "format" are ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+        """Build from ``to_dict()`` output or our ``config.json``: its "format" key is skipped, other unknown
+        keys are named in one warning and ignored; None values keep the defaults."""
+        fields = known_fields(cls, {k: v for k, v in data.items() if k != CONFIG_FORMAT_KEY}, "model config")
+        return cls(**{k: v for k, v in fields.items() if v is not None})
 
     def to_hf_config(self) -> dict[str, Any]:
         """transformers' ``SegformerConfig`` as JSON (``config.json`` of the transformers layout)."""
@@ -243,7 +260,7 @@ class SegFormerConfig:
             "strides": [4, 2, 2, 2],
             "hidden_act": "gelu",
             "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": self.attn_drop_rate,
             "classifier_dropout_prob": self.decoder_dropout,
             "drop_path_rate": self.drop_path_rate,
             "initializer_range": 0.02,
@@ -275,6 +292,7 @@ class SegFormerConfig:
             "num_classes": len(names) or data.get("num_labels", 2),
             "in_channels": data.get("num_channels"),
             "drop_path_rate": data.get("drop_path_rate"),
+            "attn_drop_rate": data.get("attention_probs_dropout_prob"),
             "decoder_dropout": data.get("classifier_dropout_prob"),
             "layer_norm_eps": data.get("layer_norm_eps"),
             "class_names": None if generated else names,
@@ -304,12 +322,18 @@ class SegFormerConfig:
         }
 
 
-def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+def known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of dataclass ``cls``; one warning names the others (``what``: e.g.
+    "test protocol"), which are ignored."""
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
-        raise ValueError(f"unknown {what} key {unknown[0]!r}: expected some of {', '.join(names)}")
-    return dict(data)
+        warnings.warn(
+            f"{what}: unknown key(s) {', '.join(map(repr, unknown))} ignored; expected some of {', '.join(names)}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return {k: v for k, v in data.items() if k in names}
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,7 +7,8 @@ float rounding only (tests/test_fast_path.py). ``segformer.model`` switches them
 * The All-MLP decoder, reassociated: Eq. 4 projects each stage to C channels, upsamples, concatenates
   and fuses with a 1×1 conv. Bilinear upsampling commutes with per-pixel affine maps, so each stage's
   slice of the fuse weight is applied *before* upsampling, on the small map, and the biases are summed
-  once. In eval mode BatchNorm folds into those weights and that bias.
+  once. It serves training as well as inference: in train mode BatchNorm takes its batch statistics on the
+  fused sum (the paper's form's fuse output), in eval mode it folds into those weights and that bias.
 * A LayerNorm's affine (γ, β) folds into the linear maps that read the norm (``fold_norm_affine``): the
   ONNX Runtime engine's export uses it, so its graph normalises without a scale and a shift.
 * Without autograd (and outside compilation and export) the fused weights are cached until a

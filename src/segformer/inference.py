@@ -16,11 +16,11 @@ the dataset's test pipeline (``mmseg/datasets/pipelines/transforms.py``, ``test_
   pushed back inside the image); each window's logits are resized to the window (``encode_decode``), summed into
   an accumulator and divided by the number of windows covering each pixel; the sum is resized to the original
   size. A window never exceeds the image: an image smaller than ``crop`` is decoded whole, without padding.
-* **Multi-scale + flip** (``aug=True``: ``MultiScaleFlipAug`` with ``img_ratios``, ``aug_test``): views at the
-  scales (int(long · r), int(short · r)) for r in ``aug_ratios`` (without a scale, (int(w · r), int(h · r)), then
-  the same keep-ratio rescale), each also flipped horizontally when ``flip``; every view's scores are resized to
-  the original size, turned into softmax probabilities, flipped back and averaged. The views are added to one
-  running sum, one at a time.
+* **Multi-scale + flip** (``aug=True``, implied by passing ``aug_ratios=``: ``MultiScaleFlipAug`` with
+  ``img_ratios``, ``aug_test``): views at the scales (int(long · r), int(short · r)) for r in ``aug_ratios``
+  (without a scale, (int(w · r), int(h · r)), then the same keep-ratio rescale), each also flipped horizontally
+  when ``flip``; every view's scores are resized to the original size, turned into softmax probabilities, flipped
+  back and averaged. The views are added to one running sum, one at a time.
 
 Images smaller than ``MIN_INPUT_SIZE`` on a side (after resizing; the official code has no such case) are padded
 at the bottom and right with zeros after normalisation (the mean colour) and the logits cropped back.
@@ -32,12 +32,12 @@ serves one input size, so only sizes that are multiples of 32 go through it (``c
 serve a whole dataset. Other sizes run eagerly: padding them would change the logits, since MiT's attention is
 global. The logits are returned in float32 whatever the dtype.
 
-On the CPU the network runs eagerly, in bf16 autocast where the CPU has AMX (``segformer.device.default_precision``:
-1.5-1.8× fp32 for B0/B2 at 512², labels agreeing with fp32 on 99.99% of the demo's pixels), else in fp32.
+On the CPU the network runs eagerly, in bf16 autocast where the CPU has AMX (``segformer.device.default_precision``;
+its speed and its agreement with fp32 labels are in docs/PERFORMANCE.md), else in fp32.
 
 ``predict`` never builds the full-resolution K×H×W scores when only labels are needed: on the CPU, with one
 view of the whole image, the labels come from the network's small logits and only class-boundary pixels are
-interpolated (``segformer.resize.resized_argmax``); otherwise the scores are resized in row tiles
+interpolated (``segformer.score_resize.resized_argmax``); otherwise the scores are resized in row tiles
 (``resize_rows``) when the full scores would be large.
 """
 
@@ -60,7 +60,7 @@ from segformer.config import TestProtocol
 from segformer.data import DATASETS, canonical_name, read_image
 from segformer.device import autocast_dtype, default_precision
 from segformer.model import MIN_INPUT_SIZE
-from segformer.resize import resize_rows, resized_argmax, row_tiles
+from segformer.score_resize import resize_rows, resized_argmax, row_tiles
 from segformer.transforms import normalize_image, rescale_size, resize_image
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -69,6 +69,11 @@ DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 COMPILE_MULTIPLE = 32  # input sides that are multiples of this run through the compiled graphs
 # TestProtocol fields that Segmenter's keyword arguments (and the CLI flags) may replace.
 OVERRIDES = ("mode", "scale", "crop", "stride", "size_divisor", "aug_ratios", "flip")
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The dtype of label maps of ``num_classes`` classes: uint8 up to 256 classes, int32 beyond."""
+    return torch.uint8 if num_classes <= 256 else torch.int32
 
 
 def view_size(height: int, width: int, scale: Sequence[int] | None, ratio: float = 1.0) -> tuple[int, int]:
@@ -125,6 +130,19 @@ def inference_dtype(dtype: str | None, device: torch.device) -> torch.dtype | No
     return autocast_dtype(dtype or default_precision(device), device)
 
 
+def multi_scale(aug: bool | None, aug_ratios: Sequence[float] | None) -> bool:
+    """Whether to test at several scales: ``aug`` when given, else whether ``aug_ratios`` were passed.
+
+    Raises:
+        ValueError: ``aug=False`` with ``aug_ratios``, which would be ignored.
+    """
+    if aug is None:
+        return aug_ratios is not None
+    if not aug and aug_ratios is not None:
+        raise ValueError(f"aug_ratios={tuple(aug_ratios)} asks for multi-scale testing but aug=False: pass aug=True")
+    return bool(aug)
+
+
 def sliding_windows(
     height: int, width: int, crop: Sequence[int], stride: Sequence[int]
 ) -> list[tuple[int, int, int, int]]:
@@ -146,7 +164,9 @@ class Segmenter:
         model: the network; left in the train/eval mode it is in (each call runs in eval mode and restores it).
         protocol: how to test; default the model's recorded ``model.config.protocol``, else the legacy defaults
             ``TestProtocol()`` (whole at (2048, 512)) with a warning.
-        aug: multi-scale (``protocol.aug_ratios``) + flip (``protocol.flip``) testing.
+        aug: multi-scale (``protocol.aug_ratios``) + flip (``protocol.flip``) testing; default on when
+            ``aug_ratios`` is given (passing ratios asks for multi-scale), off otherwise. ``aug=False`` with
+            ``aug_ratios`` is refused. ``flip`` alone does not turn it on.
         engine: callable run instead of ``model`` on the normalised B×3×H×W float batch, returning B×K×h×w logits
             (e.g. an ONNX Runtime session wrapper).
         device: where to run; default the model's device (the model is moved there when given).
@@ -157,7 +177,8 @@ class Segmenter:
         compile: ``torch.compile`` the model (once, on first use); default on for CUDA, off elsewhere. Where
             compilation fails, one warning and the eager model.
         **overrides: protocol fields to replace (mode, scale, crop, stride, size_divisor, aug_ratios, flip);
-            None leaves a field as it is, so CLI flags can be passed as they are.
+            None leaves a field as it is, so CLI flags can be passed as they are (to set a field to None, pass a
+            ``protocol`` with it).
     """
 
     def __init__(
@@ -165,7 +186,7 @@ class Segmenter:
         model: nn.Module,
         protocol: TestProtocol | None = None,
         *,
-        aug: bool = False,
+        aug: bool | None = None,
         engine: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: str | torch.device | None = None,
         max_elements: int = 1 << 26,
@@ -185,8 +206,8 @@ class Segmenter:
                 stacklevel=2,
             )
             protocol = TestProtocol()
-        self.protocol: TestProtocol = protocol.replace(**overrides)
-        self.aug = bool(aug)
+        self.protocol: TestProtocol = protocol.replace(**{k: v for k, v in overrides.items() if v is not None})
+        self.aug = multi_scale(aug, overrides.get("aug_ratios"))
         parameter = next(model.parameters(), None) if isinstance(model, nn.Module) else None
         self.device = torch.device(device) if device is not None else getattr(parameter, "device", torch.device("cpu"))
         self.model = model.to(self.device) if device is not None and isinstance(model, nn.Module) else model
@@ -205,7 +226,7 @@ class Segmenter:
         )
 
     @classmethod
-    def for_dataset(cls, model: nn.Module, name: str, aug: bool = False, **overrides: Any) -> Segmenter:
+    def for_dataset(cls, model: nn.Module, name: str, aug: bool | None = None, **overrides: Any) -> Segmenter:
         """A Segmenter with the official test protocol of dataset ``name`` (``segformer.data.DATASETS``)."""
         return cls(model, DATASETS[canonical_name(name)].protocol, aug=aug, **overrides)
 
@@ -279,9 +300,9 @@ class Segmenter:
 
     def _labels(self, images: np.ndarray) -> list[np.ndarray]:
         batch, height, width = images.shape[:3]
-        dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
+        dtype = label_dtype(self.num_classes)
         if self.num_views == 1 and self.protocol.mode == "whole" and self.device.type == "cpu":
-            # labels straight from the small logits (segformer.resize); a GPU runs the dense resize faster
+            # labels straight from the small logits (segformer.score_resize); a GPU runs the dense resize faster
             x = self._inputs(images, 1.0)
             logits, padded = self._padded_logits(x)
             resized = tuple(x.shape[-2:])

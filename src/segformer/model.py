@@ -91,7 +91,8 @@ class EfficientSelfAttention(nn.Module):
     """Efficient self-attention (§3.1, Eq. 1–2): keys and values come from a sequence shortened R times.
 
     The paper's reduction ratio R is ``sr_ratio ** 2``: ``sr`` is a conv with kernel and stride
-    ``sr_ratio`` on the h×w map, followed by LayerNorm, so N tokens become N / R.
+    ``sr_ratio`` on the h×w map, followed by LayerNorm, so N tokens become N / R. ``attn_drop`` is the
+    dropout on the attention probabilities in training (official ``Attention(attn_drop=attn_drop_rate)``).
     """
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, attn_drop: float = 0.0) -> None:
@@ -149,10 +150,19 @@ class Block(nn.Module):
     """One transformer block of a stage (Fig. 2): pre-norm efficient self-attention and Mix-FFN,
     each a residual branch with drop path."""
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float, eps: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        mlp_ratio: int,
+        drop_path: float,
+        eps: float,
+        attn_drop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, attn_drop)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = DropPath(drop_path)
@@ -181,6 +191,7 @@ class MixTransformer(nn.Module):
         in_channels: input image channels.
         drop_path_rate: stochastic depth at the last block, rising linearly from 0 over all blocks.
         layer_norm_eps: eps of the block and stage LayerNorms (official 1e-6; transformers uses 1e-5).
+        attn_drop_rate: dropout on the attention probabilities of every block (official default 0.0).
     """
 
     def __init__(
@@ -189,6 +200,7 @@ class MixTransformer(nn.Module):
         in_channels: int = 3,
         drop_path_rate: float = 0.1,
         layer_norm_eps: float = 1e-6,
+        attn_drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         cfg = VARIANTS[normalize_variant(variant)] if isinstance(variant, str) else variant
@@ -201,10 +213,9 @@ class MixTransformer(nn.Module):
             kernel, stride = (7, 4) if i == 0 else (3, 2)
             prev = in_channels if i == 0 else cfg.widths[i - 1]
             setattr(self, f"patch_embed{i + 1}", OverlapPatchEmbed(prev, cfg.widths[i], kernel, stride))
+            dim, heads, sr_ratio = cfg.widths[i], cfg.num_heads[i], cfg.sr_ratios[i]
             blocks = [
-                Block(
-                    cfg.widths[i], cfg.num_heads[i], cfg.sr_ratios[i], cfg.mlp_ratio, rates[first + j], layer_norm_eps
-                )
+                Block(dim, heads, sr_ratio, cfg.mlp_ratio, rates[first + j], layer_norm_eps, attn_drop_rate)
                 for j in range(cfg.depths[i])
             ]
             setattr(self, f"block{i + 1}", nn.ModuleList(blocks))
@@ -334,7 +345,9 @@ class SegFormer(nn.Module):
             raise TypeError(f"SegFormer takes a SegFormerConfig, got {type(config).__name__} (see create_model)")
         self._config = config
         arch = config.arch
-        self.backbone = MixTransformer(arch, config.in_channels, config.drop_path_rate, config.layer_norm_eps)
+        self.backbone = MixTransformer(
+            arch, config.in_channels, config.drop_path_rate, config.layer_norm_eps, config.attn_drop_rate
+        )
         self.decode_head = AllMLPDecoder(arch.widths, arch.decoder_dim, config.num_classes, config.decoder_dropout)
         # Official: the encoder is initialised by its own scheme; the head keeps PyTorch's defaults except
         # the fuse conv, which mmcv's ConvModule initialises He-normal over fan-out (the same rule).
@@ -357,7 +370,12 @@ class SegFormer(nn.Module):
         return self.decode_head(self.backbone(x))
 
     def save_pretrained(self, directory: str | Path, layout: str = "ours") -> Path:
-        """Write weights and config to ``directory`` (``layout`` "ours" or "hf"; see ``segformer.writer``)."""
+        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (``segformer.writer.write_pretrained``).
+
+        Args:
+            layout: "ours" (read back bit-exactly by ``from_pretrained``) or "hf" (loadable by transformers'
+                ``SegformerForSemanticSegmentation`` and ``SegformerImageProcessor``).
+        """
         return write_pretrained(self.state_dict(), self.config, directory, layout)
 
 

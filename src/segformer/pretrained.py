@@ -24,12 +24,12 @@ from urllib.parse import urlparse
 
 import torch
 
-from segformer.config import VARIANTS, SegFormerConfig, TestProtocol
+from segformer.config import CONFIG_FORMAT_KEY, VARIANTS, SegFormerConfig, TestProtocol, known_fields
 from segformer.data import DATASETS
 from segformer.fileio import CheckpointError, read_json, read_tensors
 from segformer.layouts import Layout, State, to_ours, unwrap
 from segformer.model import SegFormer
-from segformer.writer import CONFIG_FORMAT, write_pretrained
+from segformer.writer import CONFIG_FORMAT
 
 log = logging.getLogger("segformer")
 
@@ -219,8 +219,9 @@ def stored_fields(source: Source, raw: object) -> dict:
     """SegFormerConfig fields recorded with the weights: our config.json, or a transformers config.json and
     preprocessor_config.json, or the class names in an mmseg checkpoint's ``meta``."""
     config = source.config or {}
-    if config.get("format") == CONFIG_FORMAT:  # ours records everything, a missing protocol included
-        return {k: v for k, v in config.items() if k in CONFIG_FIELDS}
+    if config.get(CONFIG_FORMAT_KEY) == CONFIG_FORMAT:  # ours records everything, a missing protocol included
+        fields = {k: v for k, v in config.items() if k != CONFIG_FORMAT_KEY}
+        return known_fields(SegFormerConfig, fields, f"{source.weights.parent / 'config.json'} (model config)")
     fields: dict = {}
     if config.get("model_type") == "segformer":
         try:
@@ -376,7 +377,8 @@ def from_pretrained(
             classifier (with a warning).
         map_location: device of the model.
         **config_overrides: other ``SegFormerConfig`` fields (class_names, palette, protocol,
-            drop_path_rate, decoder_dropout, layer_norm_eps, in_channels); they replace what is stored.
+            drop_path_rate, attn_drop_rate, decoder_dropout, layer_norm_eps, in_channels); they replace what is
+            stored.
 
     Raises:
         CheckpointError: the file is missing, corrupt or unsafe, or the hub id cannot be fetched.
@@ -396,10 +398,5 @@ def from_pretrained(
 
 
 def save_pretrained(model: SegFormer, directory: str | Path, layout: str = "ours") -> Path:
-    """Write ``model.safetensors`` and ``config.json`` to ``directory`` (see ``segformer.writer.write_pretrained``).
-
-    Args:
-        layout: "ours" (read back bit-exactly by ``from_pretrained``) or "hf" (loadable by transformers'
-            ``SegformerForSemanticSegmentation`` and ``SegformerImageProcessor``).
-    """
-    return write_pretrained(model.state_dict(), model.config, directory, layout)
+    """``model.save_pretrained(directory, layout)``, the one save path, as a function beside ``from_pretrained``."""
+    return model.save_pretrained(directory, layout)

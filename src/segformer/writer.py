@@ -1,7 +1,7 @@
 """Write weights and config in our layout or in transformers' (read back by ``segformer.pretrained``).
 
 It works on a state dict and a ``SegFormerConfig``, not on the model class, so ``SegFormer.save_pretrained``
-can use it without an import cycle.
+(the one public save path; ``segformer.save_pretrained(model, …)`` calls it) can use it without an import cycle.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from segformer.config import SegFormerConfig
+from segformer.config import CONFIG_FORMAT_KEY, SegFormerConfig
 from segformer.fileio import atomic_write, atomic_write_json
 from segformer.layouts import to_layout
 
-CONFIG_FORMAT = "segformer"  # the "format" key of our config.json
-LAYOUTS = ("ours", "hf")
+CONFIG_FORMAT = "segformer"  # the value of the "format" key (CONFIG_FORMAT_KEY) of our config.json
+# Names of the layouts written here (``segformer.layouts.LAYOUTS`` holds every layout read).
+SAVE_LAYOUT_NAMES = ("ours", "hf")
 
 
 def write_pretrained(
@@ -31,12 +32,12 @@ def write_pretrained(
         layout: "ours" (read back bit-exactly by ``from_pretrained``) or "hf" (loadable by
             ``transformers.SegformerForSemanticSegmentation`` and ``SegformerImageProcessor``).
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}: expected 'ours' or 'hf'")
+    if layout not in SAVE_LAYOUT_NAMES:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(map(repr, SAVE_LAYOUT_NAMES))}")
     directory = Path(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if layout == "ours":
-        files = {"config.json": {"format": CONFIG_FORMAT, **config.to_dict()}}
+        files = {"config.json": {CONFIG_FORMAT_KEY: CONFIG_FORMAT, **config.to_dict()}}
     else:
         state = to_layout(state, "hf")
         files = {"config.json": config.to_hf_config(), "preprocessor_config.json": config.to_hf_preprocessor()}

@@ -1,5 +1,5 @@
-"""Bilinear resizing of class scores (align_corners False, as mmseg's ``resize``), without building more of the
-full-resolution scores than needed.
+"""Bilinear resizing of class scores (align_corners False, as mmseg's ``resize``) to the image, without building
+more of the full-resolution scores than needed (images and masks are resized by ``segformer.transforms``).
 
 * ``resize_rows``: a row tile of the resized scores, so huge images are resized and reduced tile by tile.
 * ``resized_argmax``: the labels of resized logits (one resize, or mmseg's two: to the padded input, then to
