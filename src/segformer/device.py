@@ -7,7 +7,8 @@ import warnings
 
 import torch
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of each precision name
+# The autocast dtype of each precision name; None: no autocast (fp32).
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -40,7 +41,7 @@ def resolve_device(name: str | None = None) -> torch.device:
 
 def has_amx() -> bool:
     """Whether this CPU has AMX tile units (Intel Sapphire Rapids and later): oneDNN then runs bf16
-    convolutions and matrix products several times faster than fp32."""
+    convolutions and matrix products on them (docs/PERFORMANCE.md, "What runs by default on the CPU")."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 
@@ -50,8 +51,8 @@ def default_precision(device: torch.device) -> str:
     the hardware computes bf16 natively (a CUDA GPU that supports it, a CPU with AMX), else "fp32"."""
     chosen = os.environ.get("SEGFORMER_DTYPE")
     if chosen:
-        if chosen not in DTYPES:
-            raise ValueError(f"SEGFORMER_DTYPE={chosen}: expected one of {', '.join(DTYPES)}")
+        if chosen not in AUTOCAST_DTYPES:
+            raise ValueError(f"SEGFORMER_DTYPE={chosen}: expected one of {', '.join(AUTOCAST_DTYPES)}")
         return chosen
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -63,12 +64,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     Where the device lacks it (bf16 on an older GPU, fp16 off CUDA), one warning and fp32.
     """
-    if precision not in DTYPES:
-        raise ValueError(f"precision {precision!r}: expected one of {', '.join(DTYPES)}")
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(AUTOCAST_DTYPES)}")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         warnings.warn(f"{device} does not support bf16: running in fp32", stacklevel=2)
         return None
     if precision == "fp16" and device.type != "cuda":
         warnings.warn(f"fp16 mixed precision needs a CUDA device, not {device}: running in fp32", stacklevel=2)
         return None
-    return DTYPES[precision]
+    return AUTOCAST_DTYPES[precision]
