@@ -22,9 +22,10 @@ def record_run(out: Path, root: Path, batch: int) -> None:
     steps, losses = [], []
     original = trainer.train_step
 
-    def recording(model, *args, **kwargs):
-        loss = original(model, *args, **kwargs)
-        module = getattr(model, "module", model)
+    def recording(**kwargs):
+        loss = original(**kwargs)
+        network = kwargs["network"]
+        module = getattr(network, "module", network)
         record = {k: v.detach().double().clone() for k, v in module.state_dict().items()}
         record.update({f"grad.{k}": p.grad.double().clone() for k, p in module.named_parameters()})
         steps.append(record)

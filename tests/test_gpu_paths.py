@@ -18,7 +18,7 @@ import torch
 import segformer
 import segformer.device
 from reference import tiny_recipe
-from segformer.benchmark import Case, format_table, run_case
+from segformer.benchmark import Case, format_timings, run_case
 from segformer.cli import eval as eval_cli
 from segformer.cli import main
 from segformer.cli import predict as predict_cli
@@ -27,9 +27,10 @@ from segformer.config import TestProtocol
 from segformer.data import write_synthetic
 from segformer.inference import Segmenter, aligned_size, compiled_size, sliding_windows
 from segformer.recipe import load_recipe, packaged_recipes
-from segformer.train import resolve_auto, train
+from segformer.train import train
 from segformer.training.data import TimedBatches
 from segformer.training.optim import build_optimizer
+from segformer.training.step import resolve_auto
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -248,7 +249,7 @@ def test_benchmark_fast_path_row_reports_agreement_with_fp32_eager():
     assert [r.impl for r in results] == ["ours", "ours-fast"]
     assert results[0].agreement == results[1].agreement == 1.0  # on the CPU the default path is eager fp32
     assert results[1].max_abs_diff < 1e-5
-    table = format_table(results)
+    table = format_timings(results)
     assert "agree %" in table and "100.00" in table
 
 

@@ -8,6 +8,7 @@ import torch
 
 import reference
 import segformer.train as trainer
+import segformer.training.step as training_step
 from segformer.data.synthetic import write_synthetic
 from segformer.fileio import CheckpointError
 from segformer.training.checkpoint import load_checkpoint
@@ -32,9 +33,9 @@ class Killed(Exception):
     pass
 
 
-def kill_at_call(monkeypatch, name: str, call: int, replacement=None):
-    """Make ``segformer.train.<name>`` raise Killed (or return ``replacement(...)``) on its ``call``-th call."""
-    original = getattr(trainer, name)
+def kill_at_call(monkeypatch, name: str, call: int, replacement=None, module=trainer):
+    """Make ``module.<name>`` raise Killed (or return ``replacement(...)``) on its ``call``-th call."""
+    original = getattr(module, name)
     calls = {"n": 0}
 
     def wrapped(*args, **kwargs):
@@ -45,7 +46,7 @@ def kill_at_call(monkeypatch, name: str, call: int, replacement=None):
             return replacement(*args, **kwargs)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, name, wrapped)
+    monkeypatch.setattr(module, name, wrapped)
 
 
 def test_resume_continues_bitwise(data_root, tmp_path, monkeypatch):
@@ -98,7 +99,11 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(data_root, tmp_path, m
 
 def test_nan_loss_stops_naming_the_iteration(data_root, tmp_path, monkeypatch):
     recipe = tiny_recipe(data_root)
-    kill_at_call(monkeypatch, "segmentation_loss", 3, replacement=lambda logits, *_: logits.sum() * float("nan"))
+
+    def nan_loss(logits, *args, **kwargs):
+        return logits.sum() * float("nan")
+
+    kill_at_call(monkeypatch, "segmentation_loss", 3, replacement=nan_loss, module=training_step)
     with pytest.raises(FloatingPointError, match=r"loss is nan at iteration 3.*last good checkpoint"):
         trainer.train(recipe, tmp_path / "run", device="cpu")
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2

@@ -1,9 +1,11 @@
 """Optimiser groups, lr schedule, loss and recipes against independent formulas; a short run learns."""
 
+import copy
 import json
 import math
 import re
 import shutil
+import socket
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,15 +13,21 @@ import pytest
 import torch
 from PIL import Image
 
+import segformer.pretrained
+import segformer.train as trainer
 from reference import tiny_recipe
+from segformer.benchmark import Case, make_step
+from segformer.cli import build_parser, main
 from segformer.config import TestProtocol as Protocol  # not collected as a test class
 from segformer.data.synthetic import write_synthetic
+from segformer.device import autocast_dtype
 from segformer.model import create_model
 from segformer.plots import nice_ticks
 from segformer.pretrained import from_pretrained
 from segformer.recipe import dump_recipe, load_recipe, packaged_recipes
-from segformer.train import autocast_dtype, build_model, segmentation_loss, train, train_step
+from segformer.train import build_model, train
 from segformer.training.optim import build_optimizer, set_lr
+from segformer.training.step import segmentation_loss, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,13 +228,87 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient_and_clipping_bou
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     halves = [(images[:2], masks[:2]), (images[2:], masks[2:])]
-    loss = train_step(model, halves, optimizer, scaler, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    loss = train_step(network=model, batches=halves, optimizer=optimizer, scaler=scaler, device=cpu)
     torch.testing.assert_close(model.weight.grad, expected, rtol=1e-5, atol=1e-7)
     assert loss.item() == pytest.approx(per_pixel.mean().item(), rel=1e-6)
 
-    train_step(model, halves, optimizer, scaler, torch.device("cpu"), clip_grad=1e-3)
+    train_step(network=model, batches=halves, optimizer=optimizer, scaler=scaler, device=cpu, clip_grad=1e-3)
     norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
     assert norm.item() == pytest.approx(1e-3, rel=1e-4)
+    with pytest.raises(TypeError, match="positional"):  # keyword-only: nine arguments are not told apart by position
+        train_step(model, halves, optimizer, scaler, cpu)
+
+
+def test_the_benchmark_times_the_trainers_own_step(tmp_path, monkeypatch):
+    """One ``segformer benchmark --train`` step from the trainer's start on its batch gives its weights, bit for bit."""
+    root = write_synthetic(tmp_path / "data", num_train=4, num_val=2, size=(64, 64), seed=0)
+    recipe = tiny_recipe(root, {"schedule.iters": 1, "model.drop_path_rate": 0.0, "model.decoder_dropout": 0.0})
+    recipe.optim = load_recipe("custom").optim  # the benchmark's optimiser: the official settings
+    recipe.optim.warmup_iters = 0  # so the trainer's first step runs at the base lr, as every benchmark step does
+    recorded, original = {}, trainer.train_step
+
+    def recording(**kwargs):
+        network = kwargs["network"]
+        recorded["before"] = copy.deepcopy(network.state_dict())
+        recorded["batch"] = kwargs["batches"][0]
+        loss = original(**kwargs)
+        recorded["after"] = copy.deepcopy(network.state_dict())
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", recording)
+    train(recipe, tmp_path / "run", device="cpu", quiet=True)
+
+    images, masks = recorded["batch"]
+    case = Case(variant="b0", height=64, width=64, batch_size=2, train=True, num_classes=6)
+    model = create_model("b0", num_classes=6, drop_path_rate=0.0, decoder_dropout=0.0)
+    model.load_state_dict(recorded["before"])
+    make_step(model.train(), "ours", case, images, masks)()
+    for key, value in recorded["after"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+    # the parameter groups matter: plain AdamW over model.parameters() ends elsewhere (decoder lr × 1, norms decayed)
+    plain = create_model("b0", num_classes=6, drop_path_rate=0.0, decoder_dropout=0.0)
+    plain.load_state_dict(recorded["before"])
+    optimizer = torch.optim.AdamW(plain.train().parameters(), lr=6e-5, weight_decay=0.01)
+    segmentation_loss(plain(images), masks).backward()
+    optimizer.step()
+    for key in ("decode_head.linear_pred.weight", "backbone.norm1.weight"):
+        assert not torch.equal(plain.state_dict()[key], recorded["after"][key]), key
+
+
+def test_train_takes_the_shared_quiet_flag():
+    assert build_parser("train").parse_args(["demo", "-q"]).quiet
+    assert build_parser("train").parse_args(["demo", "--threads", "2"]).threads == 2
+
+
+def test_from_scratch_trains_the_custom_recipe_offline_with_random_weights(tmp_path, monkeypatch, capsys):
+    root = write_synthetic(tmp_path / "data", num_train=4, num_val=2, size=(64, 64), seed=0)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("--from-scratch must not look for weights")
+
+    monkeypatch.setattr(trainer, "from_pretrained", no_download)
+    monkeypatch.setattr(segformer.pretrained, "hub_folder", no_download)
+    monkeypatch.setattr(socket, "create_connection", no_download)
+    small = ["model.variant=b0", "data.crop=[64, 64]", "data.scale=[64, 64]", "data.test_scale=[64, 64]"]
+    small += ["data.batch_size=2", "data.workers=0", "schedule.iters=1", "precision=fp32", "optim.head_lr_mult=2.0"]
+    argv = ["train", "custom", "--from-scratch", "--data-root", str(root), "--device", "cpu", "-q"]
+    run = tmp_path / "run"
+    assert main([*argv, "--out", str(run), *(f"--set={value}" for value in small)]) == 0, capsys.readouterr().err
+    saved = load_recipe(run / "recipe.toml")
+    assert saved.model.init == "" and saved.optim.lr == 1e-3  # random weights, the demo's from-scratch lr
+    assert saved.optim.head_lr_mult == 2.0  # --set wins over --from-scratch
+
+    # without the flag, the hub id of model.init that cannot be had names --from-scratch
+    def offline(repo_id):
+        raise segformer.pretrained.CheckpointError(f"{repo_id}: not in the Hugging Face cache (offline)")
+
+    monkeypatch.setattr(segformer.pretrained, "hub_folder", offline)
+    monkeypatch.setattr(trainer, "from_pretrained", segformer.pretrained.from_pretrained)
+    assert main([*argv[:2], *argv[3:], "--out", str(tmp_path / "other"), *(f"--set={v}" for v in small)]) == 1
+    err = capsys.readouterr().err
+    assert "nvidia/mit-b2: not in the Hugging Face cache (offline)" in err and "--from-scratch" in err
 
 
 def test_fp16_needs_cuda_and_falls_back_to_fp32_with_a_warning():

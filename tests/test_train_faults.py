@@ -11,8 +11,10 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import segformer.train as trainer
 from reference import tiny_recipe
@@ -189,3 +191,40 @@ def test_a_broken_val_mask_is_refused_before_the_first_iteration(tmp_path, capsy
         trainer.train_step = original
     assert str(broken) in capsys.readouterr().err
     assert calls["n"] == 0 and not (tmp_path / "run" / "last.pt").exists()
+
+
+def write_pairs(root, split: str, masks: dict[str, np.ndarray]) -> None:
+    """``root/images/<split>/<name>.png`` (32×32 grey) and ``root/masks/<split>/<name>.png`` for each mask."""
+    for kind in ("images", "masks"):
+        (root / kind / split).mkdir(parents=True, exist_ok=True)
+    for name, mask in masks.items():
+        Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(root / "images" / split / f"{name}.png")
+        Image.fromarray(mask).save(root / "masks" / split / f"{name}.png")
+
+
+def test_every_data_problem_of_both_splits_is_named_before_the_first_iteration(tmp_path, capsys):
+    root = tmp_path / "data"
+    good = np.tile(np.arange(3, dtype=np.uint8), (32, 11))[:, :32]  # classes 0, 1, 2
+    bad_labels = good.copy()
+    bad_labels[5, 5] = 7  # not a class id (3 classes) nor the ignore value
+    write_pairs(root, "train", {"a": good, "b": bad_labels, "c": good})
+    write_pairs(root, "val", {"d": good, "e": good[:16]})  # a 32×16 mask for a 32×32 image
+    (root / "classes.txt").write_text("zero\none\ntwo\n")
+    recipe_file = tmp_path / "tiny.toml"
+    recipe_file.write_text(dump_recipe(tiny_recipe(root, {"data.crop": "[32, 32]", "data.scale": "[32, 32]"})))
+    calls, original = {"n": 0}, trainer.train_step
+
+    def counting(**kwargs):
+        calls["n"] += 1
+        return original(**kwargs)
+
+    trainer.train_step = counting
+    try:
+        assert main(["train", str(recipe_file), "--out", str(tmp_path / "run"), "--device", "cpu", "-q"]) == 1
+    finally:
+        trainer.train_step = original
+    err = capsys.readouterr().err
+    assert "2 problem(s) (train 1, val 1)" in err
+    assert f"{root / 'masks' / 'train' / 'b.png'}: label values [7] are not class ids 0..2" in err
+    assert f"{root / 'masks' / 'val' / 'e.png'}: mask is 32×16 but its image" in err
+    assert calls["n"] == 0 and not (tmp_path / "run").exists()

@@ -11,10 +11,12 @@ processes hits all of them alike, and the latency is the median over rounds afte
   allocated before it; on CPU the rise of the peak resident set size (``VmHWM``) over the RSS
   before the step, in a fresh subprocess per model and case, after a warm-up step on a small
   input (Linux: the peak is reset to the current RSS through ``/proc/self/clear_refs``).
+* A training step (``--train``) is the trainer's ``train_step`` for every model, with the packaged ``custom``
+  recipe's AdamW groups (decoder lr × 10, no decay on norms; fused on CUDA), loss and GradScaler rule.
 * ``ours-fast`` (``--fast``): our model through ``Segmenter.network``, the default device path of predict and
-  eval (CUDA: bf16 unless ``--dtype`` says otherwise, channels-last, compiled with CUDA graphs; CPU: eager), and
-  for a training step the trainer's (compiled on CUDA, fused AdamW). ``agree %``: the share of logit pixels
-  whose argmax equals our fp32 eager model's.
+  eval (CUDA: bf16 unless ``--dtype`` says otherwise, channels-last, compiled with CUDA graphs; CPU: eager);
+  a training step as the trainer runs it by default (compiled and channels-last on CUDA). ``agree %``: the
+  share of logit pixels whose argmax equals our fp32 eager model's.
 * transformers' model (``--compare-hf``) is ``SegformerForSemanticSegmentation`` loaded from our
   weights saved in its layout, with ``attn_implementation`` "eager" and "sdpa". Our model is then
   built with ``layer_norm_eps=1e-5`` (transformers' value) so that outputs are comparable.
@@ -39,16 +41,16 @@ from torch.utils import flop_counter
 
 from segformer.config import TestProtocol
 from segformer.constants import IGNORE_INDEX
-from segformer.data import build_dataset, canonical_name
+from segformer.device import AUTOCAST_DTYPES
 from segformer.inference import Segmenter
 from segformer.model import create_model
 from segformer.pretrained import from_pretrained
-from segformer.recipe import Recipe
-from segformer.train import recipe_transforms, segmentation_loss
-from segformer.training.data import build_train_loader
+from segformer.recipe import Recipe, load_recipe
+from segformer.training.data import build_split, build_train_loader, recipe_transforms
+from segformer.training.optim import recipe_optimizer
+from segformer.training.step import forward_module, grad_scaler, step_settings, train_step
 
 HF_IMPLS = ("hf-eager", "hf-sdpa")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -117,44 +119,66 @@ class FastPath(nn.Module):
     def __init__(self, model: nn.Module, case: Case) -> None:
         super().__init__()
         self.model = model.to(case.device)
-        self.segmenter = Segmenter(
-            model, TestProtocol(), dtype=case.dtype, compile=case.compile or None
-        )  # protocol unused
+        self.segmenter = Segmenter(model, TestProtocol(), dtype=case.dtype, compile=case.compile or None)  # no protocol
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.segmenter.network(x)
 
 
+class HFLogits(nn.Module):
+    """transformers' model as pixels → logits (it returns an output object)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def load_hf_model(folder: Path, attention: str) -> nn.Module:
+    """``SegformerForSemanticSegmentation`` from ``folder`` without transformers' loading bars and notices."""
+    from transformers import SegformerForSemanticSegmentation  # optional, and slow to import: only for --compare-hf
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return SegformerForSemanticSegmentation.from_pretrained(folder, attn_implementation=attention)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(impl: str, directory: Path, case: Case, compare_hf: bool) -> nn.Module:
-    """Our model (``ours``, ``ours-fast``) or transformers' (``impl``), on the case's device, in train or eval mode."""
+    """Our model (``ours``, ``ours-fast``) or transformers' (``impl``) as pixels → logits on the case's device,
+    in train or eval mode; compiled as ``--compile`` says, and a training row as the trainer would
+    (``forward_module`` of ``step_recipe``)."""
     if impl.startswith("ours"):
         options = {"layer_norm_eps": 1e-5} if compare_hf else {}
         model = from_pretrained(directory / "ours", **options)
-        if impl == "ours-fast":
-            return fast_model(model, case)
     else:
-        from transformers import SegformerForSemanticSegmentation  # optional, and slow to import: only for --compare-hf
-
-        attention = impl.removeprefix("hf-")
-        model = SegformerForSemanticSegmentation.from_pretrained(directory / "hf", attn_implementation=attention)
+        model = HFLogits(load_hf_model(directory / "hf", impl.removeprefix("hf-")))
     model = model.to(case.device).train(case.train)
+    if case.train:
+        return forward_module(step_recipe(case, impl), model, torch.device(case.device))
+    if impl == "ours-fast":
+        return FastPath(model, case)
     return torch.compile(model) if case.compile else model
 
 
-def fast_model(model: nn.Module, case: Case) -> nn.Module:
-    """``ours-fast``: the Segmenter's device path for inference; for training, compiled as the trainer does on CUDA."""
-    model = model.to(case.device).train(case.train)
-    if not case.train:
-        return FastPath(model, case)
-    compiled = case.compile or torch.device(case.device).type == "cuda"
-    return torch.compile(model) if compiled else model
-
-
-def logits_of(model: nn.Module, impl: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model as pixels → logits (transformers returns an output object)."""
-    if impl.startswith("ours"):
-        return model
-    return lambda x: model(pixel_values=x).logits
+def step_recipe(case: Case, impl: str) -> Recipe:
+    """The recipe a training row runs: the packaged ``custom`` recipe (the official AdamW settings, mmseg's
+    cross-entropy) at the case's precision, one micro-batch, no clipping; compiled with ``--compile``, and
+    for ``ours-fast`` compile and channels-last "auto" as the trainer's default."""
+    recipe = load_recipe("custom")
+    auto = "auto" if impl == "ours-fast" else False
+    recipe.precision, recipe.accumulate, recipe.clip_grad = case.dtype, 1, 0.0
+    recipe.train.compile = True if case.compile else auto
+    recipe.train.channels_last = auto
+    return recipe
 
 
 def make_inputs(case: Case, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,30 +192,28 @@ def make_inputs(case: Case, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 def autocast_for(case: Case) -> torch.autocast:
     """Autocast to the case's dtype (disabled for fp32)."""
-    device_type = torch.device(case.device).type
-    return torch.autocast(device_type, dtype=DTYPES[case.dtype], enabled=case.dtype != "fp32")
+    dtype = AUTOCAST_DTYPES[case.dtype]
+    return torch.autocast(torch.device(case.device).type, dtype=dtype, enabled=dtype is not None)
 
 
 def make_step(model: nn.Module, impl: str, case: Case, x: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
-    """One inference forward (``inference_mode``) or one training step (forward, the training loss, backward, AdamW)."""
-    forward = logits_of(model, impl)
-    autocast = autocast_for(case)
+    """One inference forward (``inference_mode``), or one training step: the trainer's ``train_step`` with the
+    optimiser, GradScaler and settings the trainer builds for ``step_recipe(case, impl)``."""
     if not case.train:
+        autocast = autocast_for(case)
 
         def infer() -> None:
             with torch.inference_mode(), autocast:
-                forward(x)
+                model(x)
 
         return infer
-    fused = True if impl == "ours-fast" and torch.device(case.device).type == "cuda" else None  # as the trainer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01, fused=fused)
+    recipe, device = step_recipe(case, impl), torch.device(case.device)
+    settings = step_settings(recipe, case.num_classes, device)
+    optimizer = recipe_optimizer(uncompiled(model), recipe.optim, device)
+    scaler = grad_scaler(settings["amp_dtype"], device)
 
     def train() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            logits = forward(x)
-        segmentation_loss(logits, labels, None).backward()
-        optimizer.step()
+        train_step(network=model, batches=[(x, labels)], optimizer=optimizer, scaler=scaler, device=device, **settings)
 
     return train
 
@@ -246,11 +268,10 @@ def count_gmacs(step: Callable[[], None]) -> float:
     return counter.get_total_flops() / 2e9
 
 
-def output_of(model: nn.Module, impl: str, case: Case, x: torch.Tensor) -> torch.Tensor:
+def output_of(model: nn.Module, case: Case, x: torch.Tensor) -> torch.Tensor:
     """The logits in the case's mode and dtype, without touching the weights (no optimiser step)."""
-    autocast = autocast_for(case)
-    with torch.no_grad(), autocast:
-        return logits_of(model, impl)(x).float()
+    with torch.no_grad(), autocast_for(case):
+        return model(x).float()
 
 
 def _rss_bytes(field: str) -> int:
@@ -325,10 +346,10 @@ def run_case(
             case = replace(case, variant=config.variant, num_classes=config.num_classes)
         x, labels = make_inputs(case)
         models = {impl: load_model(impl, directory, case, compare_hf) for impl in impls}
-        reference = output_of(models["ours"], "ours", case, x)
-        outputs = {impl: output_of(m, impl, case, x) for impl, m in models.items()}
+        reference = output_of(models["ours"], case, x)
+        outputs = {impl: output_of(m, case, x) for impl, m in models.items()}
         diffs = {impl: (output - reference).abs().max().item() for impl, output in outputs.items()}
-        labels_fp32 = output_of(uncompiled(models["ours"]), "ours", replace(case, dtype="fp32"), x).argmax(1)
+        labels_fp32 = output_of(uncompiled(models["ours"]), replace(case, dtype="fp32"), x).argmax(1)
         agreement = {impl: (output.argmax(1) == labels_fp32).float().mean().item() for impl, output in outputs.items()}
         steps = {impl: make_step(m, impl, case, x, labels) for impl, m in models.items()}
         times = time_interleaved(steps, case.device, repeats, warmup)
@@ -367,7 +388,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_table(results: list[Result]) -> str:
+def format_timings(results: list[Result]) -> str:
     """An aligned text table, one row per model and case."""
     header = ("case", "model", "params M", "GMACs", "latency ms", "img/s", "peak MiB", "speed-up", "max |Δ|", "agree %")
     rows = [
@@ -412,8 +433,9 @@ def data_images_per_s(recipe: Recipe, workers: int, repeats: int = 10, warmup: i
     ``warmup`` batches (worker start-up) are not timed; then ``repeats`` batches of ``data.batch_size``.
     """
     data = recipe.data
-    dataset = build_dataset(canonical_name(data.dataset), data.root, "train", **data.options)
-    loader = build_train_loader(dataset, recipe_transforms(data), data.batch_size, seed=recipe.seed, workers=workers)
+    loader = build_train_loader(
+        build_split(data, "train"), recipe_transforms(data), data.batch_size, seed=recipe.seed, workers=workers
+    )
     batches = iter(loader)
     for _ in range(warmup):
         next(batches)

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from segformer.benchmark import Case, format_table, num_threads, run_case
+    from segformer.benchmark import Case, format_timings, num_threads, run_case
     from segformer.device import resolve_device
 
     if (args.batch_size is not None and args.batch_size < 1) or args.repeats < 1 or args.warmup < 0:
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                     fast=args.fast,
                 )
                 print(f"measured {case.label}", file=sys.stderr, flush=True)
-    print(format_table(results))
+    print(format_timings(results))
     print(f"\ntorch {torch.__version__}, {threads} threads, device {args.device}")
     print("GMACs: multiply-accumulates (FLOPs / 2, the paper's unit), FlopCounterMode")
     print("peak MiB: rise during one step (CUDA: max_memory_allocated; CPU: peak RSS, fresh subprocess)")

@@ -7,10 +7,14 @@ with a generator seeded by (seed, position), so a sample's augmentation depends 
 number of workers nor on the process that loads it, and resuming needs only the number of
 micro-batches already consumed. One process with batch 2B sees exactly the images and
 augmentations of two processes with batch B.
+
+The recipe's side: ``build_datasets`` and ``check_data`` (both splits, every problem named before the first
+iteration), ``recipe_transforms`` (the ``[data]`` augmentation) and ``train_batches`` (this rank's stream).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +22,12 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from segformer.data import SegmentationDataset, build_dataset, canonical_name
+from segformer.data.check import MAX_LISTED, check_dataset
+from segformer.distributed import Distributed
+from segformer.recipe import DataRecipe, Recipe
+from segformer.transforms import train_transforms
 
 _ORDER, _AUGMENT = 0, 1  # separate seed streams for the visiting order and the augmentation
 
@@ -141,3 +151,74 @@ def build_train_loader(
         # the loader draws its workers' base seed from this generator, not from the global torch RNG
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def build_split(data: DataRecipe, split: str) -> SegmentationDataset:
+    """The ``split`` ("train", "val") of the dataset ``data`` names, untransformed."""
+    if not data.root:
+        raise ValueError("data.root is empty: pass --data-root DIR (or --set data.root=DIR)")
+    return build_dataset(canonical_name(data.dataset), data.root, split, **data.options)
+
+
+def build_datasets(data: DataRecipe) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """(train, val) datasets of ``data`` (a recipe's ``[data]``), untransformed."""
+    return build_split(data, "train"), build_split(data, "val")
+
+
+def check_data(splits: dict[str, SegmentationDataset], data: DataRecipe, progress: bool) -> None:
+    """Refuse a broken dataset before the first iteration, naming the bad files of every split (``data.check``).
+
+    Raises:
+        ValueError: every problem ``segformer.data.check.check_dataset`` found in the splits (the first
+            ``MAX_LISTED`` of each listed), one line each with its file.
+    """
+    if not data.check:
+        return
+    lines, found = [], {}
+    for split, dataset in splits.items():
+        report = check_dataset(dataset, progress=progress, fast=True)
+        found[split] = len(report.problems)
+        lines += [f"  {report.name} {split}: {problem}" for problem in report.problems[:MAX_LISTED]]
+        if len(report.problems) > MAX_LISTED:
+            lines.append(f"  … and {len(report.problems) - MAX_LISTED} more in {split}")
+    if sum(found.values()):
+        counts = ", ".join(f"{split} {count}" for split, count in found.items())
+        raise ValueError(
+            f"the dataset at {data.root} has {sum(found.values())} problem(s) ({counts}); fix them (segformer "
+            "check-data lists them with a class table) or skip this check with --no-check-data:\n" + "\n".join(lines)
+        )
+
+
+def data_workers(requested: int) -> tuple[int, str]:
+    """``data.workers`` capped at the CPU cores this process may use, and how to say so."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if requested <= cores:
+        return requested, f"{requested} data workers"
+    return cores, f"{cores} data workers (data.workers = {requested}, capped at the {cores} CPU cores here)"
+
+
+def recipe_transforms(data: DataRecipe) -> Callable:
+    """The training augmentation of ``data`` (``segformer.transforms.train_transforms``)."""
+    return train_transforms(
+        data.crop, data.scale, data.ratio_range, data.cat_max_ratio, data.flip_prob, data.photometric
+    )
+
+
+def train_batches(
+    recipe: Recipe, dist_info: Distributed, train_set: SegmentationDataset, start: int
+) -> tuple[TimedBatches, str]:
+    """The endless augmented micro-batches of this rank from micro-batch ``start``, and the workers' description."""
+    data = recipe.data
+    workers, description = data_workers(data.workers)
+    loader = build_train_loader(
+        train_set,
+        recipe_transforms(data),
+        data.batch_size,
+        seed=recipe.seed,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        start=start,
+        workers=workers,
+        pin_memory=dist_info.device.type == "cuda",
+    )
+    return TimedBatches(iter(loader)), description

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segformer.recipe import OptimRecipe
+
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
     """The groups above ("other", "norm", "head"), each with ``name``, ``lr``, ``initial_lr``, ``weight_decay``."""
@@ -51,6 +53,12 @@ def build_optimizer(
     """
     groups = param_groups(model, lr, weight_decay, head_lr_mult)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+
+
+def recipe_optimizer(model: nn.Module, optim: OptimRecipe, device: torch.device) -> torch.optim.AdamW:
+    """``build_optimizer`` with the recipe's ``[optim]`` values, fused (one kernel per step) when on CUDA."""
+    fused = True if device.type == "cuda" else None
+    return build_optimizer(model, optim.lr, tuple(optim.betas), optim.weight_decay, optim.head_lr_mult, fused)
 
 
 def poly_lr(
