@@ -1,1 +1,4 @@
-"""Pieces of the trainer (``segformer.train``): optimiser and schedule, data order, checkpoints, training state."""
+"""Pieces of the trainer (``segformer.train``): the step and the recipe's choices that shape it (``step``), the
+optimiser and schedule (``optim``), the data order and its recipe plumbing (``data``), the training state
+(``state``), checkpoint files (``checkpoint``), the run folder, its checkpoints and Ctrl-C (``run``), the logs
+(``runlog``) and the losses (``losses``)."""
