@@ -25,7 +25,7 @@ from segformer.cli import predict as predict_cli
 from segformer.cli.common import segmenter_options
 from segformer.config import TestProtocol
 from segformer.data import write_synthetic
-from segformer.inference import Segmenter, aligned_size, compiled_size, sliding_windows
+from segformer.inference import Segmenter, aligned_size, sliding_windows
 from segformer.recipe import load_recipe, packaged_recipes
 from segformer.train import train
 from segformer.training.data import TimedBatches
@@ -140,33 +140,37 @@ def small_model():
     return segformer.create_model("b0", num_classes=5, drop_path_rate=0.0, decoder_dropout=0.0).eval()
 
 
-def test_compiled_sizes_are_the_aligned_ones():
-    assert compiled_size(512, 512) and compiled_size(1024, 2048) and compiled_size(32, 96)
-    assert not compiled_size(512, 683) and not compiled_size(500, 512) and not compiled_size(16, 32)
-    # AlignedResize (size_divisor 32) sizes and the slide windows of a 512 crop always qualify
-    for height, width in ((375, 500), (512, 683), (1, 1), (2048, 1023)):
-        assert compiled_size(*aligned_size(height, width, 32))
+def test_slide_windows_of_one_crop_share_one_size():
+    """One window size per crop, so a slide protocol needs one captured graph per batch size."""
     windows = sliding_windows(1024, 2048, (512, 512), (341, 341))
     assert {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in windows} == {(512, 512)}
+    for height, width in ((375, 500), (512, 683), (1, 1), (2048, 1023)):
+        aligned = aligned_size(height, width, 32)
+        assert aligned[0] % 32 == aligned[1] % 32 == 0 and 0 <= aligned[0] - height < 32
 
 
 def test_dtype_and_compile_options_and_cli_flags(small_model, monkeypatch):
-    default = Segmenter(small_model, TestProtocol())  # conftest sets SEGFORMER_DTYPE=fp32
-    assert (default.amp_dtype, default.compiled, default.channels_last) == (None, None, False)  # CPU: eager fp32
+    default = Segmenter(small_model, TestProtocol()).runner  # conftest sets SEGFORMER_DTYPE=fp32
+    assert (default.amp_dtype, default.compiled, default.graphs, default.channels_last) == (None, None, None, False)
     monkeypatch.delenv("SEGFORMER_DTYPE")
-    for amx, expected in ((True, torch.bfloat16), (False, None)):
+    for amx, avx512_bf16, expected in (
+        (True, False, torch.bfloat16),
+        (False, True, torch.bfloat16),
+        (False, False, None),
+    ):
         monkeypatch.setattr(segformer.device, "has_amx", lambda amx=amx: amx)
-        assert Segmenter(small_model, TestProtocol()).amp_dtype is expected
+        monkeypatch.setattr(segformer.device, "has_avx512_bf16", lambda on=avx512_bf16: on)
+        assert Segmenter(small_model, TestProtocol()).runner.amp_dtype is expected
     monkeypatch.setenv("SEGFORMER_DTYPE", "bf16")  # the variable overrides the hardware's default
     assert Segmenter(small_model, TestProtocol()).precision == "bf16"
     monkeypatch.setenv("SEGFORMER_DTYPE", "fp64")
     with pytest.raises(ValueError, match="SEGFORMER_DTYPE=fp64: expected one of fp32, bf16, fp16"):
         Segmenter(small_model, TestProtocol())
     monkeypatch.setenv("SEGFORMER_DTYPE", "fp32")
-    assert Segmenter(small_model, TestProtocol(), dtype="bf16").amp_dtype is torch.bfloat16
-    assert "dtype=bf16" in repr(Segmenter(small_model, TestProtocol(), dtype="bf16"))
+    assert Segmenter(small_model, TestProtocol(), dtype="bf16").runner.amp_dtype is torch.bfloat16
+    assert "torch bf16" in repr(Segmenter(small_model, TestProtocol(), dtype="bf16"))
     with pytest.warns(UserWarning, match="fp16 mixed precision needs a CUDA device"):
-        assert Segmenter(small_model, TestProtocol(), dtype="fp16").amp_dtype is None
+        assert Segmenter(small_model, TestProtocol(), dtype="fp16").runner.amp_dtype is None
     with pytest.raises(ValueError, match="precision 'fp8': expected one of fp32, bf16, fp16"):
         Segmenter(small_model, TestProtocol(), dtype="fp8")
     for command in (predict_cli, eval_cli):
@@ -175,12 +179,13 @@ def test_dtype_and_compile_options_and_cli_flags(small_model, monkeypatch):
         required = ["--weights", "w"] + (
             ["--dataset", "ade20k", "--data-root", "d"] if command is eval_cli else ["x", "--out", "o"]
         )
-        args = parser.parse_args([*required, "--dtype", "bf16", "--no-compile", "--mode", "slide", "--aug"])
-        options = segmenter_options(args)
+        flags = ["--dtype", "bf16", "--compile", "--no-graphs", "--mode", "slide", "--aug"]
+        options = segmenter_options(parser.parse_args([*required, *flags]))
         assert options == {
             "aug": True,
             "dtype": "bf16",
-            "compile": False,
+            "compile": True,
+            "graphs": False,
             "mode": "slide",
             "scale": None,
             "crop": None,
@@ -188,7 +193,7 @@ def test_dtype_and_compile_options_and_cli_flags(small_model, monkeypatch):
         }
         assert Segmenter(small_model, TestProtocol(), **options).protocol.mode == "slide"
         defaults = segmenter_options(parser.parse_args(required))
-        assert defaults == dict.fromkeys(options, None) | {"aug": False}
+        assert defaults == dict.fromkeys(options, None) | {"compile": False}  # compile is opt-in, graphs default
 
 
 def aot_eager_compile(calls: list):
@@ -207,7 +212,7 @@ def aot_eager_compile(calls: list):
     return compile_
 
 
-def test_opt_in_compile_on_cpu_equals_eager_and_serves_only_aligned_sizes(small_model, monkeypatch):
+def test_opt_in_compile_on_cpu_equals_eager_at_every_size(small_model, monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", aot_eager_compile(calls))
     eager = Segmenter(small_model, TestProtocol(scale=None))
@@ -218,9 +223,9 @@ def test_opt_in_compile_on_cpu_equals_eager_and_serves_only_aligned_sizes(small_
     image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
     np.testing.assert_array_equal(compiled.predict(image), eager.predict(image))
     assert calls == [(64, 96), (64, 96)]
-    odd = image[:50, :70]  # not a multiple of 32: eager, never padded
+    odd = image[:50, :70]  # any size is compiled (up to dynamo's recompile limit), never padded
     np.testing.assert_array_equal(compiled.predict(odd), eager.predict(odd))
-    assert len(calls) == 2
+    assert calls == [(64, 96), (64, 96), (50, 70)]
     torch._dynamo.reset()
 
 
@@ -237,7 +242,7 @@ def test_a_failing_compile_falls_back_to_eager_with_one_warning(small_model, mon
     with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError\): running the model eagerly") as caught:
         first = segmenter.predict(image)
         second = segmenter.predict(image)
-    assert len(caught) == 1 and segmenter.compiled is None
+    assert len(caught) == 1 and segmenter.runner.compiled.compiled_forward is None
     expected = Segmenter(small_model, TestProtocol(scale=None)).predict(image)
     np.testing.assert_array_equal(first, expected)
     np.testing.assert_array_equal(second, expected)

@@ -238,7 +238,7 @@ def test_for_dataset_uses_the_official_protocol(model):
     assert (ade.protocol.mode, ade.protocol.scale, ade.protocol.size_divisor) == ("whole", (1024, 256), 32)
     assert (ade.ratios, ade.num_views) == ((1.0,), 1)
     assert Segmenter.for_dataset(model, "ade20k", aug=True).ratios == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-    assert repr(ade) == "Segmenter(whole, scale=(1024, 256), size_divisor=32, device=cpu)"
+    assert repr(ade) == "Segmenter(whole, scale=(1024, 256), size_divisor=32, torch fp32, device=cpu)"
 
 
 def test_bad_input_is_named(model, tmp_path):

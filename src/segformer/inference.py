@@ -25,15 +25,9 @@ the dataset's test pipeline (``mmseg/datasets/pipelines/transforms.py``, ``test_
 Images smaller than ``MIN_INPUT_SIZE`` on a side (after resizing; the official code has no such case) are padded
 at the bottom and right with zeros after normalisation (the mean colour) and the logits cropped back.
 
-On CUDA the network runs fast by default: bf16 autocast (``dtype``; fp16 or fp32 on request), channels-last
-input, and ``torch.compile`` with CUDA graphs (``COMPILE_MODE``), compiled once per Segmenter. A compiled graph
-serves one input size, so only sizes that are multiples of 32 go through it (``compiled_size``): every size under
-``AlignedResize`` (ADE20K), every slide window of a 512 or 1024 crop, Cityscapes' 1024×2048; a few graphs then
-serve a whole dataset. Other sizes run eagerly: padding them would change the logits, since MiT's attention is
-global. The logits are returned in float32 whatever the dtype.
-
-On the CPU the network runs eagerly, in bf16 autocast where the CPU has AMX (``segformer.device.default_precision``;
-its speed and its agreement with fp32 labels are in docs/PERFORMANCE.md), else in fp32.
+The network itself runs through a ``segformer.runner.NetworkRunner`` (device, precision, channels-last, CUDA graph
+replay, opt-in ``torch.compile``, or an engine such as ONNX Runtime), shared by the Segmenters of one model and
+device in a command; the logits are returned in float32 whatever the precision.
 
 ``predict`` never builds the full-resolution K×H×W scores when only labels are needed: on the CPU, with one
 view of the whole image, the labels come from the network's small logits and only class-boundary pixels are
@@ -58,15 +52,12 @@ from torch import nn
 
 from segformer.config import TestProtocol
 from segformer.data import DATASETS, canonical_name, read_image
-from segformer.device import autocast_dtype, default_precision
 from segformer.model import MIN_INPUT_SIZE
+from segformer.runner import NetworkRunner
 from segformer.score_resize import resize_rows, resized_argmax, row_tiles
 from segformer.transforms import normalize_image, rescale_size, resize_image
 
 ImageInput = str | Path | Image.Image | np.ndarray
-COMPILE_MODE = {"cuda": "reduce-overhead"}  # torch.compile mode per device type: CUDA graphs where shapes repeat
-DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-COMPILE_MULTIPLE = 32  # input sides that are multiples of this run through the compiled graphs
 # TestProtocol fields that Segmenter's keyword arguments (and the CLI flags) may replace.
 OVERRIDES = ("mode", "scale", "crop", "stride", "size_divisor", "aug_ratios", "flip")
 
@@ -113,23 +104,6 @@ def network_input(images: Sequence[np.ndarray], protocol: TestProtocol, ratio: f
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
-def compiled_size(height: int, width: int, multiple: int = COMPILE_MULTIPLE) -> bool:
-    """Whether a ``height`` × ``width`` input runs through the compiled graphs: both sides multiples of ``multiple``.
-
-    Sizes are never padded to a multiple (that would change the logits); protocols that align sizes already
-    (``AlignedResize``, slide windows, 1024×2048) keep the number of distinct sizes, hence graphs, small.
-    """
-    return height % multiple == 0 and width % multiple == 0
-
-
-def inference_dtype(dtype: str | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``dtype`` ("fp32", "bf16", "fp16") on ``device``; None = fp32.
-
-    Default (None): ``default_precision(device)``: bf16 on a CUDA GPU that supports it or a CPU with AMX, else fp32.
-    """
-    return autocast_dtype(dtype or default_precision(device), device)
-
-
 def multi_scale(aug: bool | None, aug_ratios: Sequence[float] | None) -> bool:
     """Whether to test at several scales: ``aug`` when given, else whether ``aug_ratios`` were passed.
 
@@ -173,9 +147,11 @@ class Segmenter:
         max_elements: largest B×K×rows×W block of full-resolution scores built at once; ``predict``
             resizes and takes the argmax tile by tile when the full scores would be larger.
         dtype: "fp32", "bf16" or "fp16" autocast of the network; default bf16 on a CUDA GPU that supports it and on
-            a CPU with AMX, else fp32 (``$SEGFORMER_DTYPE`` overrides the default).
-        compile: ``torch.compile`` the model (once, on first use); default on for CUDA, off elsewhere. Where
-            compilation fails, one warning and the eager model.
+            a CPU that computes bf16 natively (AMX or AVX512_BF16), else fp32 (``$SEGFORMER_DTYPE`` overrides it).
+        compile: ``torch.compile`` the model (opt-in, for long jobs of fixed sizes; ``segformer.runner``).
+        graphs: replay CUDA graphs per input shape; default on for CUDA.
+        runner: the ``NetworkRunner`` to run the network with (then device, dtype, engine, compile and graphs are
+            its own, and Segmenters given one runner share its CUDA graphs); default a new runner of ``model``.
         **overrides: protocol fields to replace (mode, scale, crop, stride, size_divisor, aug_ratios, flip);
             None leaves a field as it is, so CLI flags can be passed as they are (to set a field to None, pass a
             ``protocol`` with it).
@@ -192,6 +168,8 @@ class Segmenter:
         max_elements: int = 1 << 26,
         dtype: str | None = None,
         compile: bool | None = None,
+        graphs: bool | None = None,
+        runner: NetworkRunner | None = None,
         **overrides: Any,
     ) -> None:
         unknown = sorted(set(overrides) - set(OVERRIDES))
@@ -208,22 +186,15 @@ class Segmenter:
             protocol = TestProtocol()
         self.protocol: TestProtocol = protocol.replace(**{k: v for k, v in overrides.items() if v is not None})
         self.aug = multi_scale(aug, overrides.get("aug_ratios"))
-        parameter = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-        self.device = torch.device(device) if device is not None else getattr(parameter, "device", torch.device("cpu"))
-        self.model = model.to(self.device) if device is not None and isinstance(model, nn.Module) else model
-        self.engine = engine
+        self.runner = runner or NetworkRunner(
+            model, device=device, dtype=dtype, engine=engine, compile=bool(compile), graphs=graphs
+        )
+        self.device = self.runner.device
+        self.model = model
         self.num_classes: int = model.num_classes
         self.max_elements = max_elements
         self.ratios = self.protocol.aug_ratios if self.aug else (1.0,)
         self.flips = (False, True) if self.aug and self.protocol.flip else (False,)
-        self.amp_dtype = inference_dtype(dtype, self.device) if engine is None else None  # an engine has its own
-        self.channels_last = self.device.type == "cuda"
-        compile = self.device.type == "cuda" if compile is None else compile
-        runs_model = engine is None and isinstance(model, nn.Module)
-        mode = COMPILE_MODE.get(self.device.type)
-        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = (
-            torch.compile(model, mode=mode, dynamic=False) if compile and runs_model else None
-        )
 
     @classmethod
     def for_dataset(cls, model: nn.Module, name: str, aug: bool | None = None, **overrides: Any) -> Segmenter:
@@ -233,7 +204,11 @@ class Segmenter:
     @property
     def precision(self) -> str:
         """The network's precision: "fp32", "bf16" or "fp16"."""
-        return DTYPE_NAMES[self.amp_dtype]
+        return self.runner.precision
+
+    @property
+    def engine(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self.runner.engine
 
     @property
     def num_views(self) -> int:
@@ -248,10 +223,7 @@ class Segmenter:
             parts.append(f"crop={p.crop}, stride={p.stride}")
         if self.aug:
             parts.append(f"aug_ratios={list(self.ratios)}, flip={len(self.flips) == 2}")
-        if self.amp_dtype is not None:
-            parts.append(f"dtype={self.precision}")
-        if self.compiled is not None:
-            parts.append("compiled")
+        parts.append(self.runner.describe())
         return f"Segmenter({', '.join(parts)}, device={self.device})"
 
     # --- public API -----------------------------------------------------------------------------
@@ -370,22 +342,8 @@ class Segmenter:
         return self.network(padded), (height + pad_h, width + pad_w)
 
     def network(self, x: torch.Tensor) -> torch.Tensor:
-        """Float32 logits of a normalised B×3×H×W batch: the engine's, or the model's in the Segmenter's dtype,
-        channels-last on CUDA and compiled for aligned sizes (``compiled_size``). No resizing or padding."""
-        if self.engine is not None:
-            return self.engine(x)
-        if self.channels_last:  # CUDA only: cuDNN's fast convolution layout
-            x = x.contiguous(memory_format=torch.channels_last)
-        compiled = self.compiled is not None and compiled_size(*x.shape[-2:])
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            if not compiled:
-                return self.model(x).float()
-            try:
-                return self.compiled(x).float()
-            except Exception as error:  # no compiler, an unsupported backend …: run eagerly
-                warnings.warn(f"torch.compile failed ({type(error).__name__}): running the model eagerly", stacklevel=2)
-                self.compiled = None
-                return self.model(x).float()
+        """Float32 logits of a normalised B×3×H×W batch (``self.runner``). No resizing or padding."""
+        return self.runner(x)
 
     def _slide(self, x: torch.Tensor) -> torch.Tensor:
         """mmseg ``slide_inference``: window logits resized to their window, overlaps averaged."""
