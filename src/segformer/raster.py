@@ -16,16 +16,18 @@ equal ``Segmenter(model, TestProtocol(mode="slide", scale=None, crop=…, stride
 touched by no later window; they are averaged, written and their ring rows reused. Peak host memory in arrays
 (bytes, ``memory_bound``) is independent of the raster's height H::
 
-    W · [4·K·crop_h                                accumulator ring (float32)
-         + C·crop_h·(b + 5·[b > 1])                one window row of input (b bytes per sample; non-uint8 stretched)
-         + (4·K + C + 16 + s·(8·K + 70))·stride_h  one finished band: average, labels, validity (s: scores)
-         + 512·(1 + 6·s)]                          one row of 512×512 output tiles
-    + crop_h·crop_w·(13·C + 8·K)                   one window's input and logits
-    + P·(3·C·(b + 1) + 20)                         the preview of P ≤ 2048² pixels, from decimated reads
-    + [b > 1]·Q·(C·(b + 1) + 2·b + 18)             the stretch's sample of Q ≤ 1024² pixels
+    W · [4·K·crop_h                                   accumulator ring (float32)
+         + C·crop_h·(b + 5·[b > 1])                   one window row of input (b bytes a sample; non-uint8 stretched)
+         + (4·K + C + 16 + s·(8·K + 70))·min(64, stride_h)  finished rows: average, labels, validity (s: scores)
+         + 512·(1 + 6·s)]                             one row of 512×512 output tiles
+    + crop_h·crop_w·(13·C + 8·K)                      one window's input and logits
+    + P·(3·C·(b + 1) + 20)                            the preview of P ≤ 2048² pixels, from decimated reads
+    + [b > 1]·Q·(C·(b + 1) + 2·b + 18)                the stretch's sample of Q ≤ 1024² pixels
 
 plus the network's activations on one window (``Segmenter`` in slide mode needs the same) and GDAL's block cache,
-for K classes, C input bands and width W; the in-memory ``Segmenter`` holds 4·K·H·W for the scores alone.
+capped at 16 MiB + W·[(crop_h + 2·tile_h)·C·b + 512·(1 + 5·s)] (tile_h: the source's block height) so that
+GDAL does not fill 5% of RAM with decompressed tiles; K classes, C input bands, width W. The in-memory
+``Segmenter`` holds about H·W·(8·K + 39) bytes (image, normalised input, accumulator, quotient, argmax).
 
 **Input.** ``bands`` (1-based, as rasterio/GDAL; repeats allowed) picks as many bands as the model has input
 channels (``config.in_channels``), by default the first ones. uint8 bands are used as they are; any other dtype
@@ -74,6 +76,8 @@ from segformer.visualize import model_palette
 SAMPLE_SIDE = 1024  # long side of the decimated read that the percentile stretch is computed from
 STRETCH_PERCENTILES = (2.0, 98.0)  # non-uint8 bands: these percentiles map to 0 and 255
 MAX_CLASSES = IGNORE_INDEX  # labels are uint8 with 255 = nodata
+FINISHED_ROWS = 64  # finished rows are averaged and handed on this many at a time
+GDAL_CACHE_BASE = 16 << 20  # GDAL's block cache: this plus room for the source tiles one window row touches
 
 WindowNetwork = Callable[[np.ndarray], np.ndarray]  # 1×C×h×w normalised float32 → K×h×w float32 logits
 
@@ -103,7 +107,7 @@ def memory_bound(
     per_column = (
         4 * k * crop_h
         + c * crop_h * (b + 5 * (b > 1))
-        + (4 * k + c + 16 + scores * (8 * k + 70)) * stride_h
+        + (4 * k + c + 16 + scores * (8 * k + 70)) * min(stride_h, FINISHED_ROWS)
         + BLOCK_SIZE * (1 + 6 * scores)
     )
     window = crop_h * crop_w * (13 * c + 8 * k)
@@ -138,6 +142,7 @@ class RasterSource:
             self.dataset = rasterio.open(self.path)
         except RasterioError as e:
             raise ValueError(f"{self.path}: not a readable raster ({e})") from None
+        self.height, self.width = self.dataset.height, self.dataset.width
         try:
             self.bands = self._check_bands(bands, channels)
             self.stretch = None if self.dtype == np.uint8 else self._percentile_stretch()
@@ -150,14 +155,6 @@ class RasterSource:
 
     def __exit__(self, *exc: object) -> None:
         self.dataset.close()
-
-    @property
-    def height(self) -> int:
-        return self.dataset.height
-
-    @property
-    def width(self) -> int:
-        return self.dataset.width
 
     @property
     def dtype(self) -> np.dtype:
@@ -250,6 +247,13 @@ def decimated_shape(height: int, width: int, side: int) -> tuple[int, int]:
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
+def gdal_cache_bytes(source: RasterSource, crop_h: int, scores: bool) -> int:
+    """GDAL's block cache for one raster: room for the source tiles a window row touches and one output tile row."""
+    tile_h = source.dataset.block_shapes[0][0]
+    sample = len(source.bands) * source.dtype.itemsize
+    return GDAL_CACHE_BASE + source.width * ((crop_h + 2 * tile_h) * sample + BLOCK_SIZE * (1 + 5 * scores))
+
+
 @contextlib.contextmanager
 def window_network(segmenter: Segmenter) -> Iterator[WindowNetwork]:
     """The network of ``segmenter`` on one window, in eval mode: the ONLY use of Segmenter internals here
@@ -325,8 +329,8 @@ def stream_logits(
             on_window()
         del strip
         end = window_rows[index + 1][0][0] if index + 1 < len(window_rows) else height
-        for first in range(done, end, protocol.stride[0]):  # finished rows, at most stride_h at a time
-            last = min(first + protocol.stride[0], end)
+        for first in range(done, end, FINISHED_ROWS):  # finished rows, a few at a time
+            last = min(first + FINISHED_ROWS, end)
             total = np.empty((num_classes, last - first, width), np.float32)
             for ring_rows, rows in _ring_spans(first, last, ring_size):
                 total[:, rows] = ring[:, ring_rows]
@@ -384,7 +388,8 @@ def raster_logits(
     the stream ``predict_raster`` writes, for other uses of the scores."""
     protocol = _checked_protocol(segmenter, crop, stride)
     with RasterSource(path, bands, model_channels(segmenter)) as source, window_network(segmenter) as network:
-        yield from _bands_with_validity(network, source, segmenter.num_classes, protocol)
+        with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(source, protocol.crop[0], False)):
+            yield from _bands_with_validity(network, source, segmenter.num_classes, protocol)
 
 
 def predict_raster(
@@ -431,7 +436,8 @@ def predict_raster(
         windows = len(sliding_windows(source.height, source.width, protocol.crop, protocol.stride))
         outputs = RasterOutputs(source, names, model_palette(segmenter.model.config), paths, alpha)
         bar = progress_bar(total=windows, desc=source.path.name, unit="window", disable=not progress)
-        with bar, window_network(segmenter) as network:
+        cache = rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(source, protocol.crop[0], paths.scores is not None))
+        with bar, cache, window_network(segmenter) as network:
             bands_of_logits = _bands_with_validity(network, source, segmenter.num_classes, protocol, bar.update)
             counts = write_atomically(paths, lambda temporary: outputs.write(temporary, bands_of_logits))
         size = (source.height, source.width)
