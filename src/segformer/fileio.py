@@ -12,11 +12,14 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file
+
+T = TypeVar("T")
 
 
 class CheckpointError(ValueError):
@@ -98,6 +101,21 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
             raise OSError(e.errno, f"{path}: cannot write ({e.strerror or e}); {kept}") from e
         raise
+
+
+def atomic_write_all(paths: Sequence[str | Path], write: Callable[[list[str]], T]) -> T:
+    """``write(temporary paths)`` for several files at once, each then renamed onto its path (the first
+    last), as ``atomic_write``; if ``write`` fails, none of them is written. Returns what ``write`` returns."""
+    result: list[T] = []
+
+    def nested(index: int, temporary: list[str]) -> None:
+        if index == len(paths):
+            result.append(write(temporary))
+        else:
+            atomic_write(paths[index], lambda tmp: nested(index + 1, [*temporary, tmp]))
+
+    nested(0, [])
+    return result[0]
 
 
 def atomic_write_json(path: str | Path, data: dict) -> None:
