@@ -1,4 +1,4 @@
-"""CVAT's "Segmentation mask 1.1" export: its ``labelmap.txt`` as a ``classes.txt``.
+"""CVAT's "Segmentation mask 1.1" export: read as the ``cvat`` dataset, or its ``labelmap.txt`` as a ``classes.txt``.
 
 The export is datumaro's Pascal VOC layout (CVAT's ``cvat/apps/dataset_manager/formats/mask.py`` writes it with
 datumaro's ``voc_format`` plugin): colour masks in ``SegmentationClass/`` and a ``labelmap.txt`` naming each
@@ -15,9 +15,15 @@ colour masks read through the colours of ``classes.txt``.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
+
+from segformer.data.base import DatasetInfo, Samples, as_palette, pair_with_masks, require_folder
 from segformer.data.classes_writer import classes_file_text
+from segformer.data.mask_coding import folder_coding
+from segformer.data.reading import IMAGE_SUFFIXES
 from segformer.fileio import atomic_write
 
 LABELMAP_FORMAT = "expected 'name:r,g,b:parts:actions' lines (CVAT's labelmap.txt), '#' starting a comment line"
@@ -75,3 +81,45 @@ def write_labelmap_classes(labelmap: str | Path, classes_file: str | Path) -> tu
     text = classes_file_text(names, palette, origins)
     atomic_write(classes_file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return names
+
+
+# --------------------------------------------------------------------------------------------- the export as a dataset
+
+INFO = DatasetInfo("cvat", (), ())  # classes and palette come from each export's labelmap.txt
+
+
+def find_samples(root: Path, split: str) -> tuple[Samples, DatasetInfo, None]:
+    """The (image, colour mask) pairs of a CVAT "Segmentation mask 1.1" export as it unpacks.
+
+    ``root`` holds ``labelmap.txt``, ``ImageSets/Segmentation/<split>.txt`` (CVAT names its subsets, "default"
+    without any), ``SegmentationClass/<id>.png`` colour masks and, when exported with images, ``JPEGImages/<id>.*``.
+    The masks read through the labelmap's colours (``segformer.data.mask_coding``; class id = labelmap line order).
+    """
+    labelmap = root / "labelmap.txt"
+    names, palette = labelmap_classes(labelmap)
+    lists = require_folder(root / "ImageSets" / "Segmentation", "CVAT export split list")
+    list_file = lists / f"{split}.txt"
+    if not list_file.is_file():
+        subsets = sorted(p.stem for p in lists.glob("*.txt"))
+        raise FileNotFoundError(
+            f"{list_file}: no CVAT subset {split!r}; this export has {', '.join(subsets) or 'none'}"
+        )
+    ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{list_file}: empty subset list")
+    image_folder = require_folder(root / "JPEGImages", "CVAT export image (export with 'Save images')")
+    images = []
+    for name in ids:
+        found = [
+            image_folder / f"{name}{suffix}"
+            for suffix in IMAGE_SUFFIXES
+            if (image_folder / f"{name}{suffix}").is_file()
+        ]
+        if not found:
+            raise FileNotFoundError(f"{image_folder / name}.*: image listed in {list_file} not found")
+        images.append(found[0])
+    masks = require_folder(root / "SegmentationClass", "CVAT export class mask")
+    samples = pair_with_masks(images, lambda image: masks / f"{image.stem}.png")
+    coding, names, palette = folder_coding([mask for _, mask in samples], names, palette, str(labelmap))
+    info = dataclasses.replace(INFO, classes=names, palette=as_palette(np.asarray(palette, np.uint8)), masks=coding)
+    return samples, info, None

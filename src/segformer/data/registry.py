@@ -18,6 +18,7 @@ import segformer.data.ade20k as ade20k
 import segformer.data.cityscapes as cityscapes
 import segformer.data.coco_stuff as coco_stuff
 import segformer.data.custom as custom
+import segformer.data.cvat as cvat
 import segformer.data.voc as voc
 from segformer.data.base import DatasetInfo, SegmentationDataset
 
@@ -27,6 +28,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "voc": voc.INFO,
     "coco-stuff": coco_stuff.INFO,
     "custom": custom.INFO,
+    "cvat": cvat.INFO,
 }
 
 _READERS = {
@@ -35,6 +37,7 @@ _READERS = {
     "voc": voc.find_samples,
     "coco-stuff": coco_stuff.find_samples,
     "custom": custom.find_samples,
+    "cvat": cvat.find_samples,
 }
 
 _ALIASES = {
@@ -68,10 +71,10 @@ def build_dataset(
     """Find the (image, mask) pairs of a dataset as distributed.
 
     Args:
-        name: "ade20k", "cityscapes", "voc", "coco-stuff" or "custom" (case-insensitive, aliases accepted).
+        name: "ade20k", "cityscapes", "voc", "coco-stuff", "custom" or "cvat" (case-insensitive, aliases accepted).
         root: the dataset folder (see the README's "Datasets" section for each layout).
         split: "train" or "val" (Cityscapes also "test"; VOC any ``ImageSets/Segmentation/<split>.txt``;
-            custom any sub-folder of ``images/``).
+            custom any sub-folder of ``images/``; cvat any subset of ``ImageSets/Segmentation``).
         transform: callable ``(image, mask) -> anything`` applied by ``__getitem__``.
         **options: voc: ``aug``; custom: ``binary``, ``reduce_zero_label``, ``classes``.
 
