@@ -17,7 +17,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import rasterio
@@ -29,9 +29,6 @@ from rasterio.windows import Window
 from segformer.constants import IGNORE_INDEX
 from segformer.fileio import atomic_write
 from segformer.visualize import overlay
-
-if TYPE_CHECKING:
-    from segformer.raster import RasterSource
 
 BLOCK_SIZE = 512  # GeoTIFF tile side; rows are written a row of tiles at a time
 PREVIEW_SIDE = 2048  # long side of the overlay preview
@@ -197,8 +194,9 @@ class RasterOutputs:
     """Writes the outputs of one raster from its stream of averaged-logit bands; returns class pixel counts."""
 
     def __init__(
-        self, source: RasterSource, names: Sequence[str], palette: np.ndarray, paths: OutputPaths, alpha: float
+        self, source: Any, names: Sequence[str], palette: np.ndarray, paths: OutputPaths, alpha: float
     ) -> None:
+        # source: a segformer.raster.RasterSource (not imported: segformer.raster imports this module)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
         self.source, self.names, self.palette, self.paths, self.alpha = source, names, palette, paths, alpha
