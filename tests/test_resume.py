@@ -8,7 +8,7 @@ import torch
 
 import reference
 import segformer.train as trainer
-import segformer.training.step as training_step
+import segformer.training.losses as training_losses
 from segformer.data.synthetic import write_synthetic
 from segformer.fileio import CheckpointError
 from segformer.training.checkpoint import load_checkpoint
@@ -103,7 +103,7 @@ def test_nan_loss_stops_naming_the_iteration(data_root, tmp_path, monkeypatch):
     def nan_loss(logits, *args, **kwargs):
         return logits.sum() * float("nan")
 
-    kill_at_call(monkeypatch, "segmentation_loss", 3, replacement=nan_loss, module=training_step)
+    kill_at_call(monkeypatch, "cross_entropy", 3, replacement=nan_loss, module=training_losses)  # the recipe's term
     with pytest.raises(FloatingPointError, match=r"loss is nan at iteration 3.*last good checkpoint"):
         trainer.train(recipe, tmp_path / "run", device="cpu")
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2

@@ -27,9 +27,16 @@ from segformer.pretrained import from_pretrained
 from segformer.recipe import dump_recipe, load_recipe, packaged_recipes
 from segformer.train import build_model, train
 from segformer.training.optim import build_optimizer, set_lr
-from segformer.training.step import segmentation_loss, train_step
+from segformer.training.step import recipe_loss, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = torch.device("cpu")
+
+
+def demo_loss(num_classes: int, class_weights: np.ndarray | None = None):
+    """The trainer's loss (``recipe_loss``) of the demo recipe, optionally with ``loss.class_weights``."""
+    weights = [] if class_weights is None else class_weights.tolist()
+    return recipe_loss(load_recipe("demo", [f"loss.class_weights={weights}"]), num_classes, CPU)
 
 
 def mmcv_rule(name: str) -> tuple[float, float]:
@@ -109,9 +116,7 @@ def test_loss_matches_numpy_cross_entropy(weighted):
     labels = rng.integers(0, 4, size=(2, 5, 6))
     labels[0, :2] = 255
     weights = np.array([0.5, 1.0, 2.0, 3.0], np.float32) if weighted else None
-    loss = segmentation_loss(
-        torch.from_numpy(logits), torch.from_numpy(labels), None if weights is None else torch.from_numpy(weights)
-    )
+    loss = demo_loss(4, weights)(torch.from_numpy(logits), torch.from_numpy(labels))
     assert loss.item() == pytest.approx(numpy_cross_entropy(logits, labels, weights), rel=1e-5)
 
 
@@ -120,7 +125,7 @@ def test_loss_resizes_logits_to_the_label_size():
     logits = torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1).expand(1, 3, 4, 4).contiguous()
     labels = torch.full((1, 16, 16), 1)
     expected = -math.log(math.exp(2.0) / (math.exp(1.0) + math.exp(2.0) + math.exp(0.5)))
-    assert segmentation_loss(logits, labels, None).item() == pytest.approx(expected, rel=1e-6)
+    assert demo_loss(3)(logits, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
 PAPER = {  # paper §4.1 and the official local_configs: (crop, scale short side, batch per GPU, iterations, classes)
@@ -173,7 +178,8 @@ def test_overrides_are_type_checked_and_unknown_keys_named(tmp_path):
     older.write_text(re.sub(r"\[train\][^\[]*", "", dump_recipe(load_recipe("demo"))))
     with pytest.raises(ValueError, match=r"missing section \[train\].* --set train.compile=VALUE"):
         load_recipe(older)
-    assert load_recipe(older, ["train.compile=auto", "train.channels_last=auto"]) == load_recipe("demo")
+    train_keys = ["compile=auto", "channels_last=auto", "checkpointing=false", "published_batch=8"]
+    assert load_recipe(older, [f"train.{key}" for key in train_keys]) == load_recipe("demo")
     with pytest.raises(ValueError, match=r"unknown recipe 'ade20k-b9'"):
         load_recipe("ade20k-b9")
 
@@ -229,11 +235,12 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient_and_clipping_bou
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     halves = [(images[:2], masks[:2]), (images[2:], masks[2:])]
     cpu = torch.device("cpu")
-    loss = train_step(network=model, batches=halves, optimizer=optimizer, scaler=scaler, device=cpu)
+    options = {"optimizer": optimizer, "scaler": scaler, "device": cpu, "loss": demo_loss(4)}
+    loss = train_step(network=model, batches=halves, **options)
     torch.testing.assert_close(model.weight.grad, expected, rtol=1e-5, atol=1e-7)
     assert loss.item() == pytest.approx(per_pixel.mean().item(), rel=1e-6)
 
-    train_step(network=model, batches=halves, optimizer=optimizer, scaler=scaler, device=cpu, clip_grad=1e-3)
+    train_step(network=model, batches=halves, **options, clip_grad=1e-3)
     norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
     assert norm.item() == pytest.approx(1e-3, rel=1e-4)
     with pytest.raises(TypeError, match="positional"):  # keyword-only: nine arguments are not told apart by position
@@ -271,7 +278,7 @@ def test_the_benchmark_times_the_trainers_own_step(tmp_path, monkeypatch):
     plain = create_model("b0", num_classes=6, drop_path_rate=0.0, decoder_dropout=0.0)
     plain.load_state_dict(recorded["before"])
     optimizer = torch.optim.AdamW(plain.train().parameters(), lr=6e-5, weight_decay=0.01)
-    segmentation_loss(plain(images), masks).backward()
+    demo_loss(6)(plain(images), masks).backward()
     optimizer.step()
     for key in ("decode_head.linear_pred.weight", "backbone.norm1.weight"):
         assert not torch.equal(plain.state_dict()[key], recorded["after"][key]), key
@@ -335,3 +342,115 @@ def test_init_from_a_backbone_only_checkpoint(tmp_path):
     for key, value in source.state_dict().items():
         if key.startswith("backbone."):
             assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_auto_class_weights_are_counted_on_the_training_masks_and_written_into_the_runs_recipe(tmp_path):
+    root = write_synthetic(tmp_path / "data", num_train=6, num_val=2, size=(64, 64), seed=3)
+    recipe = tiny_recipe(root, {"schedule.iters": 2, "loss.class_weights": '"auto"'})
+    train(recipe, tmp_path / "run", device="cpu", quiet=True)
+    assert recipe.loss.class_weights == "auto"  # the caller's recipe is left as it was
+
+    # oracle: median-frequency balancing (Eigen & Fergus 2015) from NumPy counts of the untransformed masks
+    masks = [np.asarray(Image.open(path)) for path in sorted((root / "masks" / "train").glob("*.png"))]
+    classes = 6
+    pixels, images = np.zeros(classes), np.zeros(classes)
+    for mask in masks:
+        labelled = mask[mask != 255]
+        for k in range(classes):
+            if (labelled == k).any():
+                pixels[k] += (labelled == k).sum()
+                images[k] += labelled.size
+    freq = pixels / images
+    expected = np.median(freq) / freq
+    written = load_recipe(tmp_path / "run" / "recipe.toml").loss.class_weights
+    assert written == pytest.approx(expected.tolist(), rel=1e-5)  # 6 significant digits in the file
+    assert len(set(written)) == classes  # real weights, not all ones
+
+
+def test_effective_batch_far_from_the_published_one_is_warned_with_the_fix():
+    assert trainer.batch_warning(2, 1, 1, 16) == (
+        "effective batch 2 is far from the recipe's published 16: the published mIoU assumes 16; raise "
+        "data.batch_size or accumulate (segformer train … --set accumulate=8)"
+    )
+    assert trainer.batch_warning(2, 8, 1, 16) is None  # the paper's 8 GPUs × 2
+    assert trainer.batch_warning(8, 1, 1, 16) is None  # half is near enough
+    assert trainer.batch_warning(1, 2, 2, 8) is None and trainer.batch_warning(2, 1, 1, 0) is None  # 0: none published
+    assert trainer.batch_warning(2, 8, 4, 16).endswith(
+        "lower data.batch_size or accumulate (segformer train … --set accumulate=1)"
+    )
+    assert trainer.batch_warning(40, 1, 1, 16).endswith("(segformer train … --set data.batch_size=16)")
+
+
+def test_train_prints_the_effective_batch_and_warns_when_far_from_the_published(tmp_path, capsys):
+    root = write_synthetic(tmp_path / "data", num_train=4, num_val=2, size=(64, 64), seed=0)
+    recipe = tiny_recipe(
+        root, {"schedule.iters": 1, "data.batch_size": 1, "accumulate": 2, "train.published_batch": 16}
+    )
+    with pytest.warns(UserWarning, match=r"effective batch 2 is far from the recipe's published 16") as caught:
+        train(recipe, tmp_path / "run", device="cpu", quiet=True)
+    assert [str(w.message) for w in caught if "effective batch" in str(w.message)] == [
+        trainer.batch_warning(1, 1, 2, 16)
+    ]
+    assert "2 per step = 1 process(es) × 1 × 2 accumulated" in capsys.readouterr().out
+
+
+def test_fp16_grad_scaler_scales_backward_unscales_before_clipping_and_skips_non_finite_steps(tmp_path):
+    # a CPU GradScaler runs the same rule as CUDA's; fp16 autocast itself needs CUDA (tests/test_gpu_paths.py)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1)
+    images, masks = torch.randn(2, 3, 8, 8), torch.randint(0, 4, (2, 8, 8))
+    loss = demo_loss(4)
+    reference = copy.deepcopy(model)  # oracle: the unscaled gradient and a plain SGD step
+    reference_loss = loss(reference(images), masks)
+    reference_loss.backward()
+    torch.optim.SGD(reference.parameters(), lr=0.1).step()
+
+    backward_grads = []
+    model.weight.register_hook(lambda grad: backward_grads.append(grad.clone()))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    options = {"optimizer": torch.optim.SGD(model.parameters(), lr=0.1), "scaler": scaler, "device": CPU}
+    value = train_step(network=model, batches=[(images, masks)], loss=loss, **options)
+    assert torch.equal(backward_grads[0], 2.0**12 * reference.weight.grad)  # backward ran on the scaled loss
+    assert torch.equal(model.weight, reference.weight) and torch.equal(model.bias, reference.bias)  # unscaled step
+    assert value.item() == reference_loss.item() and value.dtype == torch.float32  # the loss reported unscaled
+
+    train_step(network=model, batches=[(images, masks)], loss=loss, clip_grad=1e-3, **options)
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert norm.item() == pytest.approx(1e-3, rel=1e-4)  # clipped after unscaling: the true norm, not × 4096
+
+    before = copy.deepcopy(model.state_dict())
+    inf_loss = train_step(network=model, batches=[(images, masks)], loss=lambda x, y: loss(x, y) * math.inf, **options)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # the step was skipped
+    assert scaler.get_scale() == 2.0**11  # and the scale halved
+    run = SimpleNamespace(dir=tmp_path)
+    with pytest.raises(FloatingPointError, match="loss is inf at iteration 3"):  # and the trainer stops
+        trainer.check_finite(run, inf_loss.item(), 3)
+
+
+def test_the_loss_of_bf16_logits_is_computed_in_fp32():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1)
+    images, masks = torch.randn(2, 3, 8, 8), torch.randint(0, 4, (2, 8, 8))
+    masks[0, :3] = 255
+    loss, seen = demo_loss(4), {}
+
+    def recording(logits, labels):
+        seen["logits"], seen["loss"] = logits.detach(), loss(logits, labels)
+        return seen["loss"]
+
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    train_step(
+        network=model,
+        batches=[(images, masks)],
+        optimizer=optimizer,
+        scaler=scaler,
+        device=CPU,
+        loss=recording,
+        amp_dtype=torch.bfloat16,
+    )
+    assert seen["logits"].dtype == torch.bfloat16 and seen["loss"].dtype == torch.float32
+    expected = numpy_cross_entropy(seen["logits"].double().numpy(), masks.numpy(), None)
+    assert seen["loss"].item() == pytest.approx(expected, rel=1e-6)  # bf16 arithmetic would be ~1e-3 off
+    bf16_math = torch.nn.functional.cross_entropy(seen["logits"], masks, ignore_index=255, reduction="none").mean()
+    assert abs(bf16_math.item() - expected) > 1e-5 * expected  # so the test can tell the two apart

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from segformer.config import VARIANTS, SegFormerConfig, Variant, normalize_variant
@@ -192,6 +193,13 @@ class MixTransformer(nn.Module):
         drop_path_rate: stochastic depth at the last block, rising linearly from 0 over all blocks.
         layer_norm_eps: eps of the block and stage LayerNorms (official 1e-6; transformers uses 1e-5).
         attn_drop_rate: dropout on the attention probabilities of every block (official default 0.0).
+
+    Attributes:
+        checkpointing: activation checkpointing per block in training (mmseg's ``MixVisionTransformer(with_cp=True)``;
+            Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"): a block's activations are not kept
+            for the backward pass but recomputed there, with the random state of the forward pass (drop path,
+            dropout), so the gradients are those without it. Off by default; never used in eval mode or without
+            autograd.
     """
 
     def __init__(
@@ -207,6 +215,7 @@ class MixTransformer(nn.Module):
         self.out_channels: tuple[int, ...] = tuple(cfg.widths)
         self.strides: tuple[int, ...] = (4, 8, 16, 32)
         self.in_channels = in_channels
+        self.checkpointing = False
         rates = torch.linspace(0, drop_path_rate, sum(cfg.depths)).tolist()
         first = 0
         for i in range(4):
@@ -230,11 +239,15 @@ class MixTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_input(x, self.in_channels)
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         features = []
         for embed, blocks, norm in self.stages():
             x, h, w = embed(x)
             for block in blocks:
-                x = block(x, h, w)
+                if recompute:
+                    x = torch.utils.checkpoint.checkpoint(block, x, h, w, use_reentrant=False)
+                else:
+                    x = block(x, h, w)
             x = tokens_to_map(norm(x), h, w)
             features.append(x)
         return features

@@ -2,8 +2,9 @@
 
 A recipe has top-level keys (``seed``, ``precision``, ``accumulate``, ``clip_grad``) and the sections
 ``model``, ``data``, ``optim``, ``schedule``, ``loss`` and ``train`` (how the steps run: compile, memory
-layout); the dataclasses below list every key and its type. Every key must be present (no defaults, no
-inheritance), so a recipe file shows the whole setting. The packaged recipes (``segformer/recipes/*.toml``)
+layout, activation checkpointing; the published batch the run is compared with); the dataclasses below
+list every key and its type. Every key must be present (no defaults, no inheritance), so a recipe file
+shows the whole setting. The packaged recipes (``segformer/recipes/*.toml``)
 are loaded by name, e.g. "ade20k-b0".
 """
 
@@ -90,6 +91,8 @@ class LossRecipe:
 class TrainRecipe:
     compile: bool | str  # torch.compile the model: true, false or "auto" (on for CUDA, off elsewhere)
     channels_last: bool | str  # feed the images in channels-last layout: true, false or "auto" (CUDA only)
+    checkpointing: bool  # activation checkpointing per encoder block: recompute in backward, for less memory
+    published_batch: int  # the batch the recipe's published mIoU was trained with; 0 = none (no batch warning)
 
 
 @dataclass
@@ -193,6 +196,7 @@ def check_recipe(recipe: Recipe, source: str) -> Recipe:
     need(recipe.model.num_classes >= 0, "model.num_classes", ">= 0 (0 = from the dataset)")
     for key in ("compile", "channels_last"):
         need(getattr(recipe.train, key) in (True, False, "auto"), f"train.{key}", 'true, false or "auto"')
+    need(recipe.train.published_batch >= 0, "train.published_batch", ">= 0 (0 = no published batch)")
     _check_loss(recipe.loss, recipe.model.num_classes, need)
     return recipe
 

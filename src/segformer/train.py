@@ -2,7 +2,7 @@
 
 ``train(recipe, run_dir)`` reads top to bottom, each helper below it in the order it is called: resume
 (read ``RUN_DIR/last.pt``), build (data, model, optimiser), then the loop of poly-scheduled AdamW steps on
-cross-entropy, validating with the recipe's test protocol and keeping the best weights, and saving
+the recipe's loss, validating with the recipe's test protocol and keeping the best weights, and saving
 checkpoints as the recipe says. The pieces live in ``segformer.training``: the step (``step``), the
 optimiser and schedule (``optim``), the data stream and its check (``data``), the state (``state``), the
 run folder, its checkpoints and Ctrl-C (``run``), and the logs (``runlog``).
@@ -11,12 +11,14 @@ A run directory holds ``recipe.toml`` (the resolved recipe), ``metrics.jsonl`` (
 log or validation), ``curves.png``, TensorBoard events when tensorboard is installed, ``last.pt``,
 ``last.prev.pt`` (the generation before) and ``best.pt`` (full training states), and ``best/`` and
 ``last/`` (weights in the ``from_pretrained`` layout, their config holding the test protocol, class
-names and palette, so ``segformer eval/predict --weights RUN/best`` test them right). Only rank 0
-writes files and shows progress. Ctrl-C finishes the current iteration, saves and stops.
+names and palette, so ``segformer eval/predict --weights RUN/best`` test them right, and a Hugging Face
+model card, ``README.md``, with the last validation's per-class IoU). Only rank 0 writes files and shows
+progress. Ctrl-C finishes the current iteration, saves and stops.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -49,6 +51,7 @@ from segformer.pretrained import from_pretrained
 from segformer.progress import progress_bar
 from segformer.recipe import Recipe, dump_recipe
 from segformer.training.data import TimedBatches, build_datasets, check_data, train_batches
+from segformer.training.losses import resolve_class_weights
 from segformer.training.optim import recipe_optimizer, set_lr
 from segformer.training.run import (
     LAST,
@@ -122,11 +125,13 @@ def _train(
     run = Run(recipe, run_dir, dist_info, recipe_protocol(recipe, train_set), quiet)
     seed_everything(recipe.seed)
     model = build_model(recipe, train_set, run.protocol, load_init=saved is None)
+    recipe = run.recipe = resolve_loss(run, train_set)
     state = build_state(run, model, saved, run_dir / checkpoint)
     write_recipe(run)
     if resume:
         discard_newer_last(run, checkpoint)
     run.log = RunLog(run_dir, run.is_main, state.iteration if resume else None)
+    run.validation = run.log.last_validation()  # resumed: the model cards start from the last logged validation
     network = training_network(run, state.model)
     batches, workers = train_batches(recipe, dist_info, train_set, state.micro_batches)
     announce(run, train_set, workers, resume, state.iteration)
@@ -186,6 +191,22 @@ def build_model(
         raise CheckpointError(f"model.init: {error}; {FROM_SCRATCH_HINT}") from None
 
 
+def resolve_loss(run: Run, dataset: SegmentationDataset) -> Recipe:
+    """The run's recipe with ``loss.class_weights = "auto"`` replaced by numbers from the training split
+    (``resolve_class_weights``), so that ``recipe.toml`` records them.
+
+    Every process counts the same masks and gets the same numbers, with no collective to time out meanwhile.
+    """
+    recipe = run.recipe
+    progress = run.is_main and not run.quiet
+    loss = resolve_class_weights(recipe.loss, dataset, len(dataset.classes), progress=progress)
+    if loss is recipe.loss:
+        return recipe
+    if run.is_main:
+        print(f'loss.class_weights = "auto": {loss.class_weights} (median-frequency balancing)', flush=True)
+    return dataclasses.replace(recipe, loss=loss)
+
+
 def build_state(run: Run, model: SegFormer, saved: dict | None, source: Path) -> TrainState:
     """The optimiser, GradScaler and progress for ``model`` (moved to the device): new, or restored from ``saved``."""
     recipe, dist_info = run.recipe, run.dist_info
@@ -221,7 +242,8 @@ def training_network(run: Run, model: SegFormer) -> nn.Module:
 
 
 def announce(run: Run, train_set: SegmentationDataset, workers: str, resumed: bool, start: int) -> None:
-    """The start line (rank 0), and one warning when the warm-up outlasts the run."""
+    """The start line (rank 0) with the effective batch; a warning when the warm-up outlasts the run, and one
+    when the effective batch is far from the recipe's published batch (``batch_warning``)."""
     recipe, dist_info = run.recipe, run.dist_info
     if not run.is_main:
         return
@@ -233,12 +255,32 @@ def announce(run: Run, train_set: SegmentationDataset, workers: str, resumed: bo
             stacklevel=4,  # the caller of train()
         )
     images = data.batch_size * dist_info.world_size * recipe.accumulate
+    advice = batch_warning(data.batch_size, dist_info.world_size, recipe.accumulate, recipe.train.published_batch)
+    if advice:
+        warnings.warn(advice, stacklevel=4)  # the caller of train()
     print(
         f"training SegFormer-{recipe.model.variant.upper()} on {len(train_set)} {data.dataset} images "
         f"({images} per step = {dist_info.world_size} process(es) × {data.batch_size} × {recipe.accumulate} "
         f"accumulated), {schedule.iters} iterations on {dist_info.device} with {torch.get_num_threads()} thread(s) "
         f"and {workers}; run folder {run.dir}" + (f", resumed at iteration {start}" if resumed else ""),
         flush=True,
+    )
+
+
+def batch_warning(batch_size: int, processes: int, accumulate: int, published: int) -> str | None:
+    """What to change when the effective batch (``batch_size × processes × accumulate``) is under half or over
+    twice ``published`` (``train.published_batch``, 0 = none): the lr and schedule of a published setting
+    assume its batch, and a far smaller one is the common reason a paper's mIoU is not reached."""
+    images = batch_size * processes * accumulate
+    if not published or published / 2 <= images <= 2 * published:
+        return None
+    per_step = batch_size * processes
+    steps = max(1, round(published / per_step))
+    change = "raise" if images < published else "lower"
+    fix = f"accumulate={steps}" if per_step <= 2 * published else f"data.batch_size={max(1, published // processes)}"
+    return (
+        f"effective batch {images} is far from the recipe's published {published}: the published mIoU assumes "
+        f"{published}; {change} data.batch_size or accumulate (segformer train … --set {fix})"
     )
 
 
@@ -319,20 +361,23 @@ def write_log_record(
 
 
 def validate_and_keep_best(run: Run, state: TrainState, val_set: SegmentationDataset, bar) -> dict:
-    """Validate with the run's protocol, report, and save the best state when the mIoU improved."""
+    """Validate with the run's protocol, report, log (per-class IoU too, which the model cards show), and save
+    the best state when the mIoU improved."""
     progress = run.is_main and not run.quiet and sys.stderr.isatty()
     metrics = evaluate_model(state.model, run.protocol, val_set, progress)
     done = state.iteration
     improved = not metrics["mIoU"] <= state.best["mIoU"]  # the first result always counts (best starts NaN)
     if improved:
         state.best = {"mIoU": float(metrics["mIoU"]), "iteration": done}
+    summary = {k: float(metrics[k]) for k in ("mIoU", "mAcc", "aAcc")}
+    per_class = [None if math.isnan(v) else float(v) for v in metrics["IoU"]]  # None: a class with no result
+    run.validation = {"iter": done, **summary, "IoU": per_class}
     if run.is_main:
-        summary = {k: float(metrics[k]) for k in ("mIoU", "mAcc", "aAcc")}
         if run.quiet:
             bar.write(f"validation at iteration {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
         else:
             bar.write(f"validation at iteration {done}:\n{format_table(metrics, val_set.classes)}")
-        run.log.log({"iter": done, **summary})
+        run.log.log(run.validation)
         run.log.plot()
     if improved:
         save_best(run, state)

@@ -1,10 +1,11 @@
 """A training run's folder and how it stops: ``last.pt``/``best.pt`` written safely, resume, Ctrl-C.
 
 ``save_last`` and ``save_best`` write the full training state (``TrainState.state_dict()``) and the
-``last/``/``best/`` weights; an OSError while writing becomes a ``CheckpointWriteError`` that says what is
-kept. ``read_resume_state`` reads the checkpoint to continue from, naming ``last.prev.pt`` when ``last.pt``
-is corrupt. ``StopRequest`` turns the first Ctrl-C into a request to stop after the current iteration, and
-``TrainingInterrupted`` says where the last checkpoint is and how to continue.
+``last/``/``best/`` weights with their model card (``segformer.training.card``); an OSError while writing
+becomes a ``CheckpointWriteError`` that says what is kept. ``read_resume_state`` reads the checkpoint to
+continue from, naming ``last.prev.pt`` when ``last.pt`` is corrupt. ``StopRequest`` turns the first Ctrl-C
+into a request to stop after the current iteration, and ``TrainingInterrupted`` says where the last
+checkpoint is and how to continue.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from segformer.config import TestProtocol
 from segformer.distributed import Distributed
 from segformer.fileio import CheckpointError
 from segformer.recipe import Recipe
+from segformer.training.card import model_card, write_model_card
 from segformer.training.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from segformer.training.runlog import RunLog
 from segformer.training.state import TrainState
@@ -40,6 +42,7 @@ class Run:
     quiet: bool
     log: RunLog | None = None
     checkpoint_iteration: int | None = None  # iteration of the newest last.pt
+    validation: dict | None = None  # the last validation's metrics.jsonl record (for the model cards)
 
     @property
     def is_main(self) -> bool:
@@ -132,7 +135,7 @@ def save_last(run: Run, state: TrainState) -> None:
     if run.is_main:
         with checkpoint_writing(run, run.dir / LAST):
             save_checkpoint(run.dir / LAST, checkpoint, keep_previous=True)
-            state.model.save_pretrained(str(run.dir / "last"))
+            save_weights(run, state, run.dir / "last")
     run.checkpoint_iteration = state.iteration
 
 
@@ -142,7 +145,22 @@ def save_best(run: Run, state: TrainState) -> None:
     if run.is_main:
         with checkpoint_writing(run, run.dir / BEST):
             save_checkpoint(run.dir / BEST, checkpoint)
-            state.model.save_pretrained(str(run.dir / "best"))
+            save_weights(run, state, run.dir / "best")
+
+
+def save_weights(run: Run, state: TrainState, folder: Path) -> None:
+    """The model in the ``from_pretrained`` layout in ``folder``, and its model card (``README.md``) from the
+    last validation."""
+    state.model.save_pretrained(str(folder))
+    card = model_card(
+        state.model.config,
+        run.recipe,
+        folder=folder,
+        iteration=state.iteration,
+        processes=run.dist_info.world_size,
+        validation=run.validation,
+    )
+    write_model_card(folder, card)
 
 
 @contextlib.contextmanager

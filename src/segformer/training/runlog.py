@@ -42,6 +42,10 @@ class RunLog:
                 if key != "iter" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, record["iter"])
 
+    def last_validation(self) -> dict | None:
+        """The newest validation record (the one with ``mIoU``) logged so far, or None."""
+        return next((r for r in reversed(self.records) if "mIoU" in r), None)
+
     def plot(self) -> None:
         if self.enabled:
             plot_curves(self.records, self.curves)

@@ -2,25 +2,26 @@
 
 ``train_step`` is forward (under autocast), the loss, backward and the optimiser step, over one or more
 micro-batches (gradient accumulation). The recipe decides the rest: whether the network is compiled
-(``train.compile``), the images' memory layout (``train.channels_last``), the mixed precision and its
-GradScaler (``precision``), and the loss (mmseg's cross-entropy with ``loss.class_weights``). The trainer
-(``segformer.train``) and the benchmark (``segformer.benchmark``) both build their steps from here.
+(``train.compile``) and checkpoints its encoder blocks' activations (``train.checkpointing``), the images'
+memory layout (``train.channels_last``), the mixed precision and its GradScaler (``precision``), and the
+loss (the ``[loss]`` section, ``segformer.training.losses``; computed in float32 whatever the autocast
+dtype). The trainer (``segformer.train``) and the benchmark (``segformer.benchmark``) both build their
+steps from here.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from segformer.constants import IGNORE_INDEX
 from segformer.device import autocast_dtype
+from segformer.model import MixTransformer
 from segformer.recipe import Recipe
+from segformer.training.losses import build_loss
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, masks) -> scalar loss
 
@@ -31,11 +32,26 @@ def resolve_auto(value: bool | str, device: torch.device) -> bool:
 
 
 def forward_module(recipe: Recipe, model: nn.Module, device: torch.device) -> nn.Module:
-    """What the training steps call: ``model``, compiled (``torch.compile``) when ``train.compile`` says so.
+    """What the training steps call: ``model`` with its encoder blocks checkpointed as ``train.checkpointing``
+    says (``set_checkpointing``), compiled (``torch.compile``) when ``train.compile`` says so.
 
     The compiled module shares ``model``'s parameters, so checkpoints and validation use ``model`` itself.
     """
+    set_checkpointing(model, recipe.train.checkpointing)
     return torch.compile(model) if resolve_auto(recipe.train.compile, device) else model
+
+
+def set_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Turn activation checkpointing per encoder block (``MixTransformer.checkpointing``) on or off.
+
+    Raises:
+        ValueError: ``enabled`` for a model without a SegFormer encoder (``model.backbone``).
+    """
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, MixTransformer):
+        backbone.checkpointing = bool(enabled)
+    elif enabled:
+        raise ValueError(f"train.checkpointing: {type(model).__name__} has no SegFormer encoder (MixTransformer)")
 
 
 def input_memory_format(recipe: Recipe, device: torch.device) -> torch.memory_format:
@@ -48,27 +64,9 @@ def grad_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.am
     return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
-def segmentation_loss(
-    logits: torch.Tensor, masks: torch.Tensor, class_weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Cross-entropy of logits resized bilinearly (align_corners False) to the label size, ignoring 255.
-
-    As mmseg's ``CrossEntropyLoss`` (``avg_non_ignore=False``), the per-pixel losses (× class weight)
-    are averaged over all pixels, ignored ones counting as zero.
-    """
-    logits = F.interpolate(logits.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
-    loss = F.cross_entropy(logits, masks, weight=class_weights, ignore_index=IGNORE_INDEX, reduction="none")
-    return loss.mean()
-
-
 def recipe_loss(recipe: Recipe, num_classes: int, device: torch.device) -> Loss:
-    """The recipe's loss: ``segmentation_loss`` weighted by ``loss.class_weights`` (unweighted when empty)."""
-    weights = recipe.loss.class_weights
-    if not weights:
-        return segmentation_loss
-    if len(weights) != num_classes:
-        raise ValueError(f"loss.class_weights has {len(weights)} values for {num_classes} classes")
-    return partial(segmentation_loss, class_weights=torch.tensor(weights, dtype=torch.float32, device=device))
+    """The recipe's ``[loss]`` (``segformer.training.losses.build_loss``), its class weights on ``device``."""
+    return build_loss(recipe.loss, num_classes, device)
 
 
 def step_settings(recipe: Recipe, num_classes: int, device: torch.device) -> dict:
@@ -88,15 +86,18 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     device: torch.device,
-    loss: Loss = segmentation_loss,
+    loss: Loss,
     amp_dtype: torch.dtype | None = None,
     clip_grad: float = 0.0,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """One optimiser step over ``batches`` (gradient accumulation); returns their mean loss (detached).
 
-    ``network`` maps images to logits (the model, compiled or in DDP). Under DDP the gradients are
-    all-reduced only after the last micro-batch. The images are moved to ``device`` in ``memory_format``.
+    ``network`` maps images to logits (the model, compiled or in DDP); ``loss`` maps (logits, masks) to a
+    float32 scalar (``recipe_loss``). Under DDP the gradients are all-reduced only after the last micro-batch.
+    The images are moved to ``device`` in ``memory_format``. With an enabled ``scaler`` (fp16) the loss is
+    scaled for backward, the gradients unscaled before clipping, and a step with non-finite gradients skipped
+    (``torch.amp.GradScaler``); the returned loss is the unscaled one, so a non-finite loss still shows.
     """
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
