@@ -419,7 +419,7 @@ def predict_raster(
             with ``class_id`` and ``class_name``, traced per row of 512-row output tiles (``row_block``), so a
             region crossing a tile row boundary is split there.
         preview: also write ``<stem>_preview.png`` (or this path): the overlay with legend (``visualize.overlay``)
-            at most 2048 pixels a side, from decimated reads of the raster and the label map.
+            at most 2048 pixels a side (plus the legend strip), from decimated reads of the raster and labels.
         alpha: the preview's colour weight.
         skip_existing: return at once when ``out_path`` exists.
 
