@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import segformer.cli.demo as demo
+import segformer.cores as cores
 from reference import numpy_miou
 from segformer.cli import main
 from segformer.config import TestProtocol as Protocol  # not collected as a test class
@@ -93,3 +94,68 @@ def test_the_printed_next_commands_work_verbatim(demo_run, capsys):
         stem = held_out.image_path(index).stem
         label = np.asarray(Image.open(out / "predictions" / f"{stem}_label.png"))
         np.testing.assert_array_equal(label, segmenter.predict(held_out[index][0]))
+
+
+# /proc/stat as proc(5) documents it: "cpuN user nice system idle iowait irq softirq steal guest guest_nice".
+STAT_BEFORE = """cpu  300 0 100 1000 20 0 0 0 0 0
+cpu0 100 0 50 500 10 0 0 0 0 0
+cpu1 200 0 50 500 10 0 0 0 0 0
+cpu2 900 0 50 100 0 0 0 0 0 0
+intr 12345 0 0
+ctxt 999
+"""
+# 100 ticks later on each CPU: cpu0 idle for 90 of them (80 idle + 10 iowait), cpu1 for 20, cpu2 for 0
+STAT_AFTER = """cpu  0 0 0 0 0 0 0 0 0 0
+cpu0 105 0 55 580 20 0 0 0 40 0
+cpu1 270 0 60 520 10 0 0 0 0 0
+cpu2 1000 0 50 100 0 0 0 0 0 0
+"""
+
+
+def test_cpu_ticks_sum_idle_and_iowait_of_the_cpus_asked_for():
+    assert cores.cpu_ticks(STAT_BEFORE) == (500 + 10 + 500 + 10 + 100, 660 + 760 + 1050)
+    assert cores.cpu_ticks(STAT_BEFORE, {0, 2}) == (610, 660 + 1050)  # the aggregate "cpu" line is not a CPU
+    assert cores.cpu_ticks(STAT_AFTER, [1]) == (530, 860)  # guest ticks (cpu0) are already in user: not summed
+    with pytest.raises(ValueError, match=r"/proc/stat: no per-CPU 'cpuN' line for CPUs \[7\]"):
+        cores.cpu_ticks(STAT_BEFORE, {7})
+
+
+@pytest.mark.parametrize(("cpus", "idle"), [({0, 1}, 2 * (90 + 20) / 200), ({0}, 0.9), ({1, 2}, 2 * 20 / 200)])
+def test_idle_cores_over_a_window(tmp_path, monkeypatch, cpus, idle):
+    stat = tmp_path / "stat"
+    stat.write_text(STAT_BEFORE)
+    monkeypatch.setattr(cores, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(cores.time, "sleep", lambda seconds: stat.write_text(STAT_AFTER))  # the window passes
+    assert cores.idle_cores(0.5, str(stat)) == pytest.approx(idle)
+    assert cores.idle_cores(0.5, str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize(
+    ("cores_", "idle", "load", "threads"),
+    [
+        (2, 1.97, 3.4, 2),  # idle now, load average still high from the pip install before: the idle share counts
+        (2, 1.02, 1.0, 1),  # another process busy on one core
+        (2, 0.1, 2.0, 1),  # all busy: never fewer than one thread
+        (8, 5.6, None, 6),  # rounded to the nearest core
+        (8, 5.4, None, 5),
+        (4, 4.0, None, 4),
+        (8, None, 2.6, 5),  # /proc/stat unreadable: cores minus the 1-minute load
+        (2, None, 7.0, 1),
+        (4, None, None, 4),  # nothing known: every core
+        (3, 6.0, None, 3),  # never more than the cores given
+    ],
+)
+def test_threads_for_idle(cores_, idle, load, threads):
+    assert cores.threads_for_idle(cores_, idle, load) == threads
+
+
+def test_demo_threads_follow_threads_then_omp_num_threads_then_idle_cores(monkeypatch):
+    import torch
+
+    asked = []
+    monkeypatch.setattr(demo, "idle_threads", lambda most: asked.append(most) or 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert demo.demo_threads(2) == 2
+    assert demo.demo_threads(None) is None  # torch's own choice, which follows OMP_NUM_THREADS
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert demo.demo_threads(None) == 1 and asked == [torch.get_num_threads()]

@@ -77,9 +77,10 @@ def segmenter_options(args: argparse.Namespace) -> dict:
     return {"aug": args.aug, "dtype": args.dtype, "compile": False if args.no_compile else None, **overrides}
 
 
-def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """``--threads N``: CPU threads of torch (applied by ``apply_threads``)."""
-    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: torch's)")
+def add_threads_argument(parser: argparse.ArgumentParser, default_text: str = "torch's") -> None:
+    """``--threads N``: CPU threads of torch (applied by ``apply_threads``); ``default_text`` says what runs
+    without it."""
+    parser.add_argument("--threads", type=positive_int, metavar="N", help=f"CPU threads (default: {default_text})")
 
 
 def add_quiet_argument(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segformer.cli.train import set_threads, train_and_report
+from segformer.cli.common import add_device_argument, add_quiet_argument, add_threads_argument, apply_threads
+from segformer.cli.train import train_and_report
+from segformer.cores import idle_threads
 
 NUM_TRAIN, NUM_VAL, SIZE = 400, 40, 96  # synthetic scenes (the recipe's crop and scales match SIZE)
 NUM_OVERLAYS = 8
@@ -21,21 +23,20 @@ NUM_OVERLAYS = 8
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="segformer-demo", help="output folder (default: segformer-demo)")
     parser.add_argument("--iters", type=int, help="training iterations (default: the demo recipe's)")
-    parser.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores the load average leaves idle)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars; one line per validation")
+    add_device_argument(parser)
+    add_threads_argument(parser, "the cores idle when it starts; $OMP_NUM_THREADS overrides it")
+    add_quiet_argument(parser)
 
 
-def idle_threads() -> int:
-    """CPU threads for the demo: the cores the load average leaves idle (at least 1, at most torch's default).
-
-    OpenMP threads that share busy cores wait on each other; on a loaded 2-core machine two threads
-    made a training step about ten times slower than one.
-    """
+def demo_threads(requested: int | None) -> int | None:
+    """CPU threads for the demo: ``requested`` (``--threads``); None (torch's choice, which follows it) when
+    ``$OMP_NUM_THREADS`` is set; else the cores idle right now (``segformer.cores.idle_threads``), at most torch's
+    default. OpenMP threads that share busy cores wait on each other at every barrier."""
+    if requested is not None or "OMP_NUM_THREADS" in os.environ:
+        return requested
     import torch  # imported here: keeps `segformer --help` fast
 
-    idle = (os.cpu_count() or 1) - os.getloadavg()[0]
-    return max(1, min(torch.get_num_threads(), int(idle + 0.5)))
+    return idle_threads(most=torch.get_num_threads())
 
 
 def enlarge(array: np.ndarray, factor: int = 2) -> np.ndarray:
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.iters is not None and args.iters < 1:
         raise ValueError(f"--iters must be >= 1, got {args.iters}")
     device = resolve_device(args.device)  # before writing the data
-    set_threads(args.threads if args.threads or "OMP_NUM_THREADS" in os.environ else idle_threads())
+    apply_threads(demo_threads(args.threads))
     print(f"writing {NUM_TRAIN} training and {NUM_VAL} held-out synthetic {SIZE}×{SIZE} scenes to {out / 'data'}")
     data_root = write_synthetic(out / "data", NUM_TRAIN, NUM_VAL, size=(SIZE, SIZE), seed=0)
     recipe = load_recipe("demo", [f"schedule.iters={args.iters}"] if args.iters else [])
