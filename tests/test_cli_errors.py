@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from segformer import create_model, from_pretrained
-from segformer.cli import main
+from segformer.cli import build_parser, main
 from segformer.data import write_synthetic
 from segformer.inference import Segmenter
 
@@ -196,3 +196,18 @@ def test_onnx_export_without_onnxscript_names_the_extra(weights, tmp_path, monke
     line = one_error_line(capsys.readouterr().err, "export")
     assert "onnxscript" in line and "pip install 'segformer[export]'" in line
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "serve", "train", "predict"])
+def test_shared_flags_mean_the_same_in_every_command(command, capsys):
+    """``--threads``, ``--device`` and ``-q`` come from one definition each (segformer.cli.common)."""
+    required = {"serve": ["--weights", "w"], "predict": ["x", "--weights", "w", "--out", "o"]}.get(command, [])
+    parser = build_parser(command)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*required, "--threads", "0"])
+    assert "--threads: expected a number >= 1, got 0" in capsys.readouterr().err
+    args = parser.parse_args([*required, "--threads", "3", "--device", "cpu"])
+    assert (args.threads, args.device) == (3, "cpu")
+    assert parser.parse_args(required).device is None  # resolved when the command runs: cuda when available
+    if command != "serve":  # the server prints one line: nothing to quieten
+        assert parser.parse_args([*required, "-q"]).quiet is True

@@ -47,7 +47,7 @@ OVERLAY_ALPHA = """() => {
 @pytest.fixture(scope="module")
 def page_server():
     model = briefly_trained()
-    with serving(create_app(Predictor(model, scale=None))) as (url, _):
+    with serving(create_app(Predictor(model))) as (url, _):  # the weights test at the images' own size
         yield url, model
 
 

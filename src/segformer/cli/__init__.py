@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("check_data", "check a dataset before training: every image/mask pair, class ids, pixel shares"),
     "import-coco": ("import_coco", "COCO instances/panoptic annotations to a custom dataset of class-id masks"),
     "train": ("train", "train with a recipe (paper settings packaged), resumable, torchrun for several GPUs"),
-    "serve": ("serve", "HTTP API and web page for segmentation (batched; ONNX Runtime on CPU)"),
+    "serve": ("serve", "HTTP API and web page for segmentation (concurrent requests batched)"),
     "demo": ("demo", "train a B0 from scratch on synthetic shapes, offline, in minutes on a CPU"),
 }
 

@@ -4,31 +4,38 @@ Routes:
     ``POST /v1/segment``: the image as the multipart field ``image`` or as the raw body; query options
     ``format=png|json``, ``overlay=true``, ``alpha=0..1``, ``scores=true``, ``mode=whole|slide``.
     ``GET /v1/model``: variant, classes, palette, test protocol. ``GET /health``. ``GET /openapi.json``.
-    ``GET /``: the web page (``static/``).
+    ``GET /``: the web page (``static/``); ``GET /favicon.ico``: its icon (an SVG).
 
 Uploads are read into memory (never spooled to disk) and decoded there; requests are batched by
-``Batcher`` and segmented in a worker thread.
+``Batcher`` and segmented in its one worker thread. Decoding and PNG encoding run in a pool of their own with a
+fixed number of threads (``max_batch``, at most the cores available), made at start-up: in Starlette's pool,
+which starts and retires threads as the load changes, the server's memory kept growing in steps long after
+the first batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from segformer.cores import available_cores
 from segformer.serve.batcher import Batcher, QueueFull, ShuttingDown
-from segformer.serve.predictor import MODES, Job, Limits, Outcome, Predictor, RequestError, decode_image
+from segformer.serve.limits import Limits
+from segformer.serve.predictor import MODES, Job, Outcome, Predictor, RequestError, decode_image
 from segformer.visualize import label_picture, overlay
 
 STATIC = files("segformer.serve") / "static"
@@ -74,6 +81,10 @@ def parse_options(query: dict) -> Options:
     if not 0.0 <= alpha <= 1.0:
         raise RequestError(400, f"query option alpha={query['alpha']!r}: expected a number from 0 to 1")
     overlay_, scores = _flag("overlay", query.get("overlay")), _flag("scores", query.get("scores"))
+    if overlay_ and format_ == "json":
+        raise RequestError(
+            400, "format=json and overlay=true conflict: the overlay is a PNG (format=png); the JSON is a summary"
+        )
     return Options(format_, overlay_, alpha, scores, mode)
 
 
@@ -148,6 +159,16 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+async def in_codec_pool(request: Request, function: Callable, *args):
+    """``function(*args)`` in the app's decode/encode thread pool (``app.state.codec``, made by the lifespan)."""
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.codec, function, *args)
+
+
+def static_file(name: str, media_type: str | None = None) -> Callable[[Request], Response]:
+    """A route answering the file ``static/name``."""
+    return lambda request: FileResponse(str(STATIC / name), media_type=media_type)
+
+
 def create_app(
     predictor: Predictor, limits: Limits | None = None, max_batch: int = 8, window: float = 0.005, queue_size: int = 64
 ) -> Starlette:
@@ -164,16 +185,17 @@ def create_app(
         start = time.perf_counter()
         try:
             options = parse_options(dict(request.query_params))
-            image = await run_in_threadpool(decode_image, await read_upload(request, limits), limits)
+            image = await in_codec_pool(request, decode_image, await read_upload(request, limits), limits)
             outcome = await batcher.submit(Job(image, options.mode, options.scores))
         except RequestError as e:
             return error(e.status, str(e))
         except (QueueFull, ShuttingDown) as e:
             return error(503, f"server busy: {e}; retry in {RETRY_AFTER} s", {"Retry-After": RETRY_AFTER})
-        if options.format == "json" and not options.overlay:
+        if options.format == "json":
             total_ms = 1000 * (time.perf_counter() - start)
             return JSONResponse(summary(outcome, options.mode or default_mode, metadata["class_names"], total_ms))
-        return Response(await run_in_threadpool(png_bytes, outcome, image, options, metadata), media_type="image/png")
+        png = await in_codec_pool(request, png_bytes, outcome, image, options, metadata)
+        return Response(png, media_type="image/png")
 
     async def model(request: Request) -> Response:
         engine = repr(predictor.engine) if predictor.engine is not None else "torch"
@@ -186,13 +208,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
+        app.state.codec = ThreadPoolExecutor(min(max_batch, available_cores()), thread_name_prefix="segformer-codec")
         batcher.start()
         yield
         await batcher.close()
+        app.state.codec.shutdown()
 
     routes = [
-        Route("/", lambda request: FileResponse(str(STATIC / "index.html"))),
-        Route("/openapi.json", lambda request: FileResponse(str(STATIC / "openapi.json"))),
+        Route("/", static_file("index.html")),
+        Route("/favicon.ico", static_file("favicon.svg", "image/svg+xml")),
+        Route("/openapi.json", static_file("openapi.json")),
         Route("/health", health),
         Route("/v1/model", model),
         Route("/v1/segment", segment, methods=["POST"]),

@@ -4,6 +4,10 @@ Requests wait in a bounded queue; one collector task takes the first, keeps taki
 ``window`` seconds or until ``max_batch`` are in hand, and runs ``process(items)`` in a worker thread
 so the event loop keeps accepting requests meanwhile. A full queue refuses at once (``QueueFull``),
 which the server answers with 503 and ``Retry-After``.
+
+Batches run one at a time, always in the same thread (a pool of one, started by ``start``): the
+allocator then keeps one batch's working set, where a shared pool would hand batches to whichever of
+its threads is free and each of them would grow its own arena to the batch's size.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
@@ -50,8 +55,10 @@ class Batcher:
         self.batches = 0  # batches run so far
         self._task: asyncio.Task | None = None
         self._running: asyncio.Task | None = None
+        self._worker: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segformer-batches")
         self._task = asyncio.get_running_loop().create_task(self._collect())
 
     async def close(self) -> None:
@@ -63,6 +70,9 @@ class Batcher:
             self._task = None
         if self._running is not None:
             await self._running
+        if self._worker is not None:
+            self._worker.shutdown()
+            self._worker = None
         while not self.queue.empty():
             _, future = self.queue.get_nowait()
             if not future.done():
@@ -104,7 +114,9 @@ class Batcher:
 
     async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
         try:
-            results = await asyncio.to_thread(self.process, [item for item, _ in batch])
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._worker, self.process, [item for item, _ in batch]
+            )
         except Exception as e:  # the batch failed: every request in it gets the error
             results = [e] * len(batch)
         self.batches += 1

@@ -18,7 +18,8 @@ from torch import nn
 
 from segformer.data import read_image
 from segformer.engines import Engine
-from segformer.inference import Segmenter
+from segformer.inference import Segmenter, label_dtype
+from segformer.serve.limits import Limits
 from segformer.visualize import model_palette
 
 MODES = ("whole", "slide")
@@ -30,14 +31,6 @@ class RequestError(ValueError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Largest upload in bytes and largest image in pixels (width × height) the server accepts."""
-
-    max_bytes: int = 20 << 20
-    max_pixels: int = 4096 * 4096
 
 
 def model_metadata(model: nn.Module) -> dict:
@@ -138,9 +131,8 @@ class Predictor:
         """Labels and each present class's mean top probability over its pixels."""
         confidence, label = segmenter.predict_logits(image).softmax(0).max(0)
         confidence, label = confidence.float().cpu(), label.cpu()
-        dtype = torch.uint8 if segmenter.num_classes <= 256 else torch.int32
         ids, inverse = label.flatten().unique(return_inverse=True)
         sums = torch.zeros(len(ids)).index_add_(0, inverse, confidence.flatten())
         counts = torch.bincount(inverse, minlength=len(ids))
         scores = {int(k): float(s / c) for k, s, c in zip(ids, sums, counts, strict=True)}
-        return label.to(dtype).numpy(), scores
+        return label.to(label_dtype(segmenter.num_classes)).numpy(), scores
