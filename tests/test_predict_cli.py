@@ -134,3 +134,23 @@ def test_skipped_note_counts_every_file_and_names_a_few(tmp_path):
     assert files == [tmp_path / "a.png"] and skipped == sorted(tmp_path.glob("*.txt"))
     note = skipped_note(skipped)
     assert "skipped 7 files" in note and "note4.txt" in note and "note5.txt" not in note and "\n" not in note
+
+
+def test_scores_write_16_bit_confidence_and_entropy_equal_to_numpy(inputs, weights, tmp_path):
+    out = tmp_path / "out"
+    argv = ["predict", str(inputs / "rgb.jpg"), "--weights", str(weights), "--out", str(out), "--scores", *SCALE]
+    assert main(argv) == 0
+    image = read_image(inputs / "rgb.jpg")
+    logits = Segmenter(from_pretrained(weights), scale=(64, 32)).predict_logits(image).numpy().astype(np.float64)
+    p = np.exp(logits - logits.max(0))
+    p /= p.sum(0)
+    entropy = -(p * np.log(np.where(p > 0, p, 1))).sum(0) / np.log(3)
+    expected = {"confidence": np.rint(p.max(0) * 65535), "entropy": np.rint(np.clip(entropy, 0, 1) * 65535)}
+    for kind, values in expected.items():
+        with Image.open(out / f"rgb_{kind}.png") as png:
+            assert png.mode == "I;16" and png.size == (60, 40)
+            stored = np.array(png).astype(np.float64)
+        assert np.abs(stored - values).max() <= 1, kind  # float64 softmax in torch and NumPy: rounding ties only
+        assert (stored == values).mean() > 0.99, kind
+    (line,) = [json.loads(text) for text in (out / "manifest.jsonl").read_text().splitlines()]
+    assert (line["confidence"], line["entropy"]) == ("rgb_confidence.png", "rgb_entropy.png")

@@ -26,8 +26,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
+
+try:
+    import av
+except ImportError:  # VIDEO_SUFFIXES, is_video_file and is_live_source need no PyAV; segformer.video does
+    av = None
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv")
 VIDEO_SUFFIXES += (".wmv", ".3gp", ".ogv")  # inputs taken as video by suffix
