@@ -11,6 +11,8 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import SegformerForSemanticSegmentation
 
+import segformer.train as trainer
+import segformer.training.run as trainer_run
 from reference import numpy_counts, tiny_recipe
 from segformer import Segmenter
 from segformer.cli import build_parser, main
@@ -174,3 +176,37 @@ def test_odd_names_survive_the_front_matter_and_the_table():
     meta, body = split_card(card_for("custom", validation=validation, root='/d/my "data": v2'))
     assert meta["model-index"][0]["results"][0]["dataset"]["name"] == 'my "data": v2 (custom dataset)'
     assert iou_table(body) == {"background": 50.0, "a/b": None, "c: d": 0.0}
+
+
+def test_a_resumed_run_writes_the_cards_an_uninterrupted_run_writes(tmp_path, monkeypatch):
+    # checkpoints every iteration, validation every 2: the last/ card of iteration 3 shows the validation of
+    # iteration 2, which a run resumed from iteration 2 knows only from metrics.jsonl
+    root = write_synthetic(tmp_path / "data", num_train=4, num_val=2, size=(64, 64), seed=0)
+    recipe = tiny_recipe(root, {"schedule.val_interval": 2, "schedule.ckpt_interval": 1})
+    cards: dict[str, list[tuple[str, str]]] = {"straight": [], "resumed": []}
+    original_write = trainer_run.write_model_card
+
+    def recording(folder, text):
+        run_name = folder.parent.name
+        cards[run_name].append((folder.name, text.replace(str(folder.parent), "RUN")))
+        original_write(folder, text)
+
+    monkeypatch.setattr(trainer_run, "write_model_card", recording)
+    train(recipe, tmp_path / "straight", device="cpu", quiet=True)
+    original_step, calls = trainer.train_step, [0]
+
+    def dying_step(**kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("killed during iteration 3")
+        return original_step(**kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "train_step", dying_step)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(recipe, tmp_path / "resumed", device="cpu", quiet=True)
+    written_before = len(cards["resumed"])
+    train(recipe, tmp_path / "resumed", resume=True, device="cpu", quiet=True)
+    assert cards["resumed"][written_before:] == cards["straight"][written_before:]
+    folder, third = cards["resumed"][written_before]  # the first card after resuming: last/ at iteration 3
+    assert folder == "last" and "at iteration 3 of 4" in third and "Validation at iteration 2," in third

@@ -1,0 +1,126 @@
+"""Peak memory and time of the trainer's training step with and without activation checkpointing
+(``train.checkpointing``), SegFormer-B2, fp32: side by side per input size.
+
+The model is ``segformer.benchmark.load_model``'s (the trainer's ``forward_module`` and ``train_step``, the
+packaged recipe's AdamW groups and loss), checkpointing switched by ``segformer.training.step.set_checkpointing``.
+Peak memory: each setting in a fresh interpreter, one step on a 64² input first (lazy initialisation, AdamW
+state), then the measured step, as ``segformer benchmark`` measures it: on the CPU the rise of the peak resident
+set size over the RSS before the step (the peak reset through ``/proc/self/clear_refs``), on CUDA the
+allocator's peak over what was allocated before. Time: one interpreter per size, steps with and without
+checkpointing interleaved (one of each per round, so that other load hits both alike), median of
+``--repeats`` rounds after one warm-up round.
+
+    python benchmarks/train_memory.py [--sizes 512 1024] [--batch-sizes 2 1] [--repeats 2] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from segformer.benchmark import Case, load_model, make_inputs, make_step, save_weights
+from segformer.benchmark.memory import _rss_bytes
+from segformer.training.step import set_checkpointing
+
+
+def case_of(args: argparse.Namespace, size: int, batch: int) -> Case:
+    return Case(args.variant, size, size, batch_size=batch, device=args.device, dtype="fp32", train=True)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """In a fresh interpreter: print the peak memory rise (MiB) of one step with ``--checkpointing`` as asked, or
+    with ``--time`` the median milliseconds of a step without and with checkpointing, as JSON."""
+    torch.set_num_threads(args.threads)
+    case = case_of(args, args.sizes[0], args.batch_sizes[0])
+    cuda = case.device.startswith("cuda")
+    model = load_model("ours", Path(args.weights), case, compare_hf=False)
+    set_checkpointing(model, args.checkpointing)
+    small = replace(case, height=64, width=64)
+    make_step(model, "ours", small, *make_inputs(small))()
+    step = make_step(model, "ours", case, *make_inputs(case))
+    if args.time:
+        print(json.dumps(interleaved_ms(model, step, args.repeats, torch.cuda.synchronize if cuda else None)))
+        return
+    if cuda:
+        step()  # the full-size kernels' first call
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        print(json.dumps((torch.cuda.max_memory_allocated() - before) / 2**20))
+        return
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _rss_bytes("VmRSS")
+    step()
+    print(json.dumps((_rss_bytes("VmHWM") - before) / 2**20))
+
+
+def interleaved_ms(model: torch.nn.Module, step, repeats: int, sync) -> dict[str, float]:
+    """Median milliseconds of ``step`` without ("off") and with ("on") checkpointing, one of each per round."""
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for round_ in range(repeats + 1):  # round 0: warm-up at the full size
+        for name in times:
+            set_checkpointing(model, name == "on")
+            start = time.perf_counter()
+            step()
+            if sync:
+                sync()
+            if round_:
+                times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def run_worker(args: argparse.Namespace, weights: Path, size: int, batch: int, *flags: str) -> object:
+    command = [sys.executable, __file__, "--worker", "--weights", str(weights), "--sizes", str(size)]
+    command += ["--batch-sizes", str(batch), "--variant", args.variant, "--device", args.device]
+    command += ["--threads", str(args.threads), "--repeats", str(args.repeats), *flags]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="b2")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square input sides")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 1], help="one per size")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed steps after the measured one")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--time", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    if len(args.batch_sizes) != len(args.sizes):
+        parser.error("--batch-sizes needs one batch size per --sizes entry")
+    print(f"SegFormer-{args.variant.upper()} training step, fp32, {args.device}, {args.threads} thread(s)")
+    print(f"{'input':>14}  {'checkpointing':>13}  {'peak MiB':>9}  {'step s':>7}  {'memory':>6}  {'time':>5}")
+    with tempfile.TemporaryDirectory(prefix="segformer-train-memory-") as tmp:
+        for size, batch in zip(args.sizes, args.batch_sizes, strict=True):
+            weights = save_weights(case_of(args, size, batch), Path(tmp))
+            peak = {
+                name: run_worker(args, weights, size, batch, *flags)
+                for name, flags in (("off", []), ("on", ["--checkpointing"]))
+            }
+            step_ms = run_worker(args, weights, size, batch, "--time")
+            for name in ("off", "on"):
+                ratios = f"{peak[name] / peak['off']:>5.2f}×  {step_ms[name] / step_ms['off']:>4.2f}×"
+                label = f"{batch}×{size}²"
+                print(f"{label:>14}  {name:>13}  {peak[name]:>9.0f}  {step_ms[name] / 1e3:>7.2f}  {ratios}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
