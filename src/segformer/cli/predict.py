@@ -295,7 +295,8 @@ def write_summary(parts: list, manifest: Path, earlier: list[dict], out: Path, s
     atomic_write(manifest, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
     skip_note = f"; skipped {plural(skipped, 'input')} with existing outputs" if skipped else ""
     written = written_note(images, rasters, videos)
-    print(f"wrote {written} to {out} ({describe_segmenter(segmenter)}){skip_note}; manifest {manifest}")
+    how = describe_segmenter(segmenter) if images or videos else segmenter.runner.describe()  # rasters: their line
+    print(f"wrote {written} to {out} ({how}){skip_note}; manifest {manifest}")
     if failed:
         print(f"segformer predict: {failed} of {len(entries)} inputs could not be segmented", file=sys.stderr)
 
