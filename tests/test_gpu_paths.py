@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -17,8 +23,10 @@ import torch
 
 import segformer
 import segformer.device
+import segformer.runner
 from reference import tiny_recipe
 from segformer.benchmark import Case, format_timings, run_case
+from segformer.benchmark.summary import append_records, read_records, sections
 from segformer.cli import eval as eval_cli
 from segformer.cli import main
 from segformer.cli import predict as predict_cli
@@ -248,28 +256,224 @@ def test_a_failing_compile_falls_back_to_eager_with_one_warning(small_model, mon
     np.testing.assert_array_equal(second, expected)
 
 
+# ----------------------------------------------------------------------------------------- the GPU benchmark
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    """A script of benchmarks/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_benchmark_fast_path_row_reports_agreement_with_fp32_eager():
     case = Case(variant="b0", height=64, width=64, batch_size=1, num_classes=5)
     results = run_case(case, repeats=1, warmup=0, memory=False, fast=True)
     assert [r.impl for r in results] == ["ours", "ours-fast"]
-    assert results[0].agreement == results[1].agreement == 1.0  # on the CPU the default path is eager fp32
+    assert [r.precision for r in results] == ["fp32", "fp32"]  # conftest: SEGFORMER_DTYPE=fp32
+    assert results[0].agreement == results[1].agreement == 1.0  # on the CPU the default path is then eager fp32
     assert results[1].max_abs_diff < 1e-5
+    assert results[1].first_call_s > 0 and results[1].second_call_s > 0 and results[0].first_call_s is None
     table = format_timings(results)
-    assert "agree %" in table and "100.00" in table
+    assert "agree %" in table and "100.00" in table and "1st call ms" in table
 
 
-def test_end_to_end_summary_weights_the_intervals_after_the_first():
-    spec = importlib.util.spec_from_file_location(
-        "gpu_end_to_end", Path(__file__).parents[1] / "benchmarks" / "gpu_end_to_end.py"
+def test_benchmark_fast_row_runs_in_the_runners_default_precision(monkeypatch, tmp_path, capsys):
+    """Without --dtype the fast row is the default path (the runner's default precision), the others fp32."""
+    monkeypatch.delenv("SEGFORMER_DTYPE")
+    monkeypatch.setattr(segformer.runner, "default_precision", lambda device: "bf16")
+    summary = tmp_path / "rows.jsonl"
+    argv = ["benchmark", "--sizes", "64x64", "--num-classes", "5", "--repeats", "1", "--warmup", "0", "--no-memory"]
+    assert main([*argv, "--fast", "--json", str(summary), "--section", "s"]) == 0
+    table = capsys.readouterr().out
+    rows = read_records(summary)
+    assert [(r["impl"], r["precision"]) for r in rows] == [("ours", "fp32"), ("ours-fast", "bf16")]
+    assert re.search(r"ours-fast\s+bf16", table) and re.search(r"ours\s+fp32", table)
+    assert rows[1]["max_abs_diff"] > 1e-4  # bf16 did run: its logits are not the fp32 reference's
+    assert rows[1]["first_call_ms"] > 0 and rows[0]["first_call_ms"] is None
+    assert main([*argv, "--fast", "--dtype", "fp32", "--json", str(summary), "--section", "t"]) == 0
+    explicit = sections(read_records(summary))["t"]["rows"]
+    assert [r["precision"] for r in explicit] == ["fp32", "fp32"] and explicit[1]["max_abs_diff"] < 1e-5
+
+
+def test_benchmark_times_the_runner_replaying_the_graph_it_captured_first(small_model):
+    """The runner row's first two calls come before the timing (the second captures), so even with no warm-up
+    every timed call is a replay. A stand-in capture on the CPU counts the replays."""
+    from segformer.benchmark.models import RunnerPath
+    from segformer.benchmark.run import measure
+    from segformer.runner import GraphCache
+
+    captured, replays = [], []
+
+    def capture(forward, example):
+        captured.append(tuple(example.shape))
+
+        def replay(x):
+            replays.append(tuple(x.shape))
+            return forward(x)
+
+        return replay
+
+    case = Case(variant="b0", height=64, width=64, batch_size=2, num_classes=5)
+    fast = RunnerPath(small_model, case, compile=False)
+    fast.runner.graphs = GraphCache(capture)
+    results = measure({"ours": small_model, "ours-fast": fast}, case, repeats=3, warmup=0)
+    assert captured == [(2, 3, 64, 64)]  # once, at the second call
+    assert len(replays) == 1 + 1 + 3  # the capturing call, the output for agree %, the 3 timed calls
+    assert len(results[1].latencies_s) == 3 and results[1].graphs and not results[0].graphs
+    assert results[1].max_abs_diff < 1e-5
+
+
+def test_the_summary_keeps_finished_sections_when_a_run_is_killed_mid_write(tmp_path):
+    """A process appends section a, then is killed (SIGKILL) while it appends section b: a stays readable, b is
+    not half there, and later appends go on after a torn last line."""
+    path = tmp_path / "gpu.jsonl"
+    child = f"""
+import os, signal
+import segformer.benchmark.summary as summary
+summary.append_records({str(path)!r}, "a", [{{"x": 1}}, {{"x": 2}}])
+summary.append_status({str(path)!r}, "a", "ok", 1.0)
+dumps, calls = summary.json.dumps, []
+def dying(record, **options):
+    calls.append(record)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # killed while the section's records are being written
+    return dumps(record, **options)
+summary.json.dumps = dying
+summary.append_records({str(path)!r}, "b", [{{"x": 3}}, {{"x": 4}}, {{"x": 5}}])
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    grouped = sections(read_records(path))
+    assert list(grouped) == ["a"]
+    assert [r["x"] for r in grouped["a"]["rows"]] == [1, 2] and grouped["a"]["status"]["status"] == "ok"
+    with open(path, "a") as f:  # what a kill inside the write itself leaves: a line cut short
+        f.write('{"section": "b", "kind": "row", "x"')
+    append_records(path, "c", [{"x": 6}])
+    grouped = sections(read_records(path))
+    assert list(grouped) == ["a", "c"] and grouped["c"]["rows"] == [{"x": 6}]
+    with open(path, "a") as f:
+        f.write("not json\n")
+    with pytest.raises(ValueError, match=r"gpu.jsonl:\d+: not a JSON object"):
+        read_records(path)
+
+
+def test_a_failing_section_prints_failed_and_the_next_one_runs(tmp_path):
+    """gpu.sh's sections, as its section runner runs them: a failing, a hanging and a late section each print
+    FAILED with their error, exit 0 so the next section runs, and are recorded; a good one is recorded ok."""
+    path = tmp_path / "gpu.jsonl"
+    runner = [sys.executable, str(BENCHMARKS / "gpu_section.py"), "--json", str(path)]
+    failing = [sys.executable, "-c", "import sys; print('working', file=sys.stderr); raise ValueError('boom')"]
+    hanging = [sys.executable, "-c", "import time; time.sleep(60)"]
+    script = " && ".join(
+        shlex.join(command)
+        for command in (
+            [*runner, "--name", "bad", "--", *failing],
+            [*runner, "--name", "slow", "--timeout", "1", "--", *hanging],
+            [*runner, "--name", "late", "--deadline", str(time.time() - 1), "--", "true"],
+            [*runner, "--name", "good", "--", sys.executable, "-c", "print('figures')"],
+        )
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    start = time.monotonic()
+    done = subprocess.run(["bash", "-c", script + " && echo after"], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - start < 30  # the hanging command was stopped at its timeout
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "FAILED bad: ValueError: boom" in out
+    assert re.search(r"FAILED slow: ran past its 1 s and was stopped", out)
+    assert "FAILED late: not started" in out
+    assert "figures" in out and "-- good: done" in out and out.rstrip().endswith("after")
+    statuses = {name: entry["status"] for name, entry in sections(read_records(path)).items()}
+    assert {name: s["status"] for name, s in statuses.items()} == {
+        "bad": "failed",
+        "slow": "failed",
+        "late": "failed",
+        "good": "ok",
+    }
+    assert statuses["bad"]["error"] == "ValueError: boom" and statuses["good"]["error"] is None
+
+
+def test_gpu_sh_runs_the_chosen_sections_and_reports_the_ones_past_its_budget(tmp_path, monkeypatch):
+    """gpu.sh --dry-run on one section: the machine row and its status land in --json (a path relative to the
+    caller); with no budget left every section prints FAILED and the script still reaches its summary."""
+    monkeypatch.delenv("SEGFORMER_DTYPE")
+    expected = segformer.device.default_precision(torch.device("cpu"))
+    script = str(BENCHMARKS / "gpu.sh")
+    done = subprocess.run(
+        ["bash", script, "--dry-run", "--sections", "machine", "--json", "out/gpu.jsonl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    grouped = sections(read_records(tmp_path / "out" / "gpu.jsonl"))
+    assert list(grouped) == ["machine"] and grouped["machine"]["status"]["status"] == "ok"
+    row = grouped["machine"]["rows"][0]
+    assert (row["torch"], row["default_precision"], row["device"]) == (torch.__version__, expected, "cpu")
+    assert "machine: ok" in done.stdout
+    late = subprocess.run(
+        ["bash", script, "--dry-run", "--budget", "0", "--sections", "machine latency", "--json", "late.jsonl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert late.returncode == 0 and late.stdout.count("FAILED") == 2, late.stdout
+    assert "FAILED latency: not started" in late.stdout and "latency: failed" in late.stdout
+
+
+def test_serve_load_lowers_only_its_client_threads_so_each_server_starts_at_the_same_priority(monkeypatch):
+    """The clients run at nice 19 in their own threads; the main thread, which starts every server, keeps its
+    priority (it once reniced itself, so the second server started at nice 19)."""
+    serve_load = load_script("serve_load")
+    client_priorities = []
+
+    class Answer:
+        status_code = 200
+
+    class Client:  # stands in for httpx.Client: answers at once, notes the calling thread's nice value
+        def __init__(self, **options):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def post(self, *args, **kwargs):
+            client_priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            time.sleep(0.001)
+            return Answer()
+
+    monkeypatch.setattr(serve_load.httpx, "Client", Client)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert before < 19
+    rate = serve_load.server_rate("http://127.0.0.1:1", b"png", clients=2, seconds=0.05)
+    assert rate > 0 and set(client_priorities[1:]) == {19}  # the first post is the warm-up, from this thread
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"], capture_output=True, text=True
+    )
+    assert int(child.stdout) == before  # what the next server would start with
+
+
+def test_end_to_end_summary_weights_the_intervals_after_the_skipped_iterations():
+    module = load_script("gpu_end_to_end")
     records = [
         {"iter": 10, "sec_per_iter": 5.0, "data_wait": 0.9},  # compilation and worker start-up: left out
         {"iter": 20, "sec_per_iter": 0.1, "data_wait": 0.5},
         {"iter": 25, "mIoU": 0.1},
         {"iter": 40, "sec_per_iter": 0.2, "data_wait": 0.0},
     ]
-    rate, wait = module.summarize(records, batch_size=16)
+    rate, wait = module.summarize(records, batch_size=16, after=10)
     # 10 iterations of 0.1 s and 20 of 0.2 s: 30 × 16 images in 5 s; 0.5 s waited
     assert rate == pytest.approx(30 * 16 / 5.0) and wait == pytest.approx(0.5 / 5.0)
+    rate, wait = module.summarize(records, batch_size=16, after=11)  # only the interval from iteration 20 on
+    assert rate == pytest.approx(20 * 16 / 4.0) and wait == 0.0
+    with pytest.raises(ValueError, match="no logged interval starts at iteration 100"):
+        module.summarize(records, batch_size=16, after=100)

@@ -6,9 +6,8 @@ from __future__ import annotations
 # `segformer COMMAND --help` stay fast.
 import argparse
 import re
-import sys
 
-from segformer.cli.common import add_device_argument, add_threads_argument
+from segformer.cli.common import add_device_argument, add_fast_path_arguments, add_threads_argument
 from segformer.config import VARIANTS
 
 
@@ -24,21 +23,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="+", type=_size, default=[(512, 512)], help="HxW … (default: 512x512)")
     parser.add_argument("--batch-size", type=int, help="images per step (default: 1; --data: the recipe's)")
     add_device_argument(parser, default="cpu")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
+    add_fast_path_arguments(parser)  # --dtype, --compile, --no-graphs: as predict and eval take them
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per model (default: 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default: 2)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: 3)")
     add_threads_argument(parser)
     parser.add_argument("--num-classes", type=int, default=150, help="classes of the random model (default: 150)")
     parser.add_argument("--weights", help="checkpoint to benchmark instead of random weights (sets variant)")
     parser.add_argument("--compare-hf", action="store_true", help="also run transformers' model, same weights")
+    parser.add_argument(
+        "--hf-attention",
+        nargs="+",
+        choices=["eager", "sdpa"],
+        default=["eager", "sdpa"],
+        help="transformers' attention implementations to time with --compare-hf (default: both)",
+    )
     parser.add_argument("--train", action="store_true", help="time a training step (forward, backward, AdamW)")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile every model first (ours and transformers')"
-    )
-    parser.add_argument(
-        "--fast", action="store_true", help="also time our default device path (predict/eval's: bf16+compiled on CUDA)"
+        "--fast",
+        action="store_true",
+        help="also time our default path: predict/eval's runner (CUDA: bf16, channels-last, CUDA graphs; "
+        "--no-graphs: eager), or the trainer's step; with --compile also the opt-in compiled one. Without --dtype "
+        "this row runs in the default precision, ours and transformers' rows in fp32",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--json", metavar="PATH", help="append every row to this JSON Lines summary")
+    parser.add_argument("--section", default="benchmark", help="the rows' section name in --json (default: benchmark)")
     data = parser.add_argument_group("input pipeline (--data)")
     data.add_argument("--data", action="store_true", help="measure the training input pipeline's img/s instead")
     data.add_argument("--dataset", help="dataset name (default: the recipe's)")
@@ -47,10 +56,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--recipe", help="recipe whose augmentation runs (default: DATASET-b0 if packaged, else custom)")
 
 
+FOOTNOTES = """\
+GMACs: multiply-accumulates (FLOPs / 2, the paper's unit), FlopCounterMode
+peak MiB: rise during one step (CUDA: max_memory_allocated; CPU: peak RSS, fresh subprocess)
+1st/2nd call ms: a runner row's first two calls at this shape (CUDA: eager, then the graph capture; compiled: the \
+compile), before the timed calls
+agree %: logit pixels whose argmax equals our fp32 eager model's"""
+
+
+def cases(args: argparse.Namespace):
+    """The benchmark cases of the arguments: one per variant (or the --weights checkpoint) and size."""
+    from segformer.benchmark import Case
+
+    for variant in [None] if args.weights else args.variants:
+        for height, width in args.sizes:
+            yield Case(
+                variant=variant or "b0",
+                height=height,
+                width=width,
+                batch_size=args.batch_size,
+                device=args.device,
+                dtype=args.dtype,
+                train=args.train,
+                num_classes=args.num_classes,
+                compile=args.compile,
+                graphs=not args.no_graphs,
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from segformer.benchmark import Case, format_timings, num_threads, run_case
+    from segformer.benchmark import format_timings, num_threads, result_row, run_case
+    from segformer.benchmark.summary import append_records
     from segformer.device import resolve_device
 
     if (args.batch_size is not None and args.batch_size < 1) or args.repeats < 1 or args.warmup < 0:
@@ -61,40 +99,27 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     if args.compare_hf:
         import transformers  # noqa: F401  (fail before measuring: main turns a missing package into its pip hint)
-    results = []
     with num_threads(args.threads):
         threads = torch.get_num_threads()
-        for variant in [None] if args.weights else args.variants:
-            for height, width in args.sizes:
-                case = Case(
-                    variant=variant or "b0",
-                    height=height,
-                    width=width,
-                    batch_size=args.batch_size,
-                    device=args.device,
-                    dtype=args.dtype,
-                    train=args.train,
-                    num_classes=args.num_classes,
-                    compile=args.compile,
-                )
-                results += run_case(
-                    case,
-                    compare_hf=args.compare_hf,
-                    repeats=args.repeats,
-                    warmup=args.warmup,
-                    memory=not args.no_memory,
-                    weights=args.weights,
-                    threads=args.threads,
-                    fast=args.fast,
-                )
-                print(f"measured {case.label}", file=sys.stderr, flush=True)
-    print(format_timings(results))
-    print(f"\ntorch {torch.__version__}, {threads} threads, device {args.device}")
-    print("GMACs: multiply-accumulates (FLOPs / 2, the paper's unit), FlopCounterMode")
-    print("peak MiB: rise during one step (CUDA: max_memory_allocated; CPU: peak RSS, fresh subprocess)")
+        for case in cases(args):
+            results = run_case(
+                case,
+                compare_hf=args.compare_hf,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                memory=not args.no_memory,
+                weights=args.weights,
+                threads=args.threads,
+                fast=args.fast,
+                hf_attentions=args.hf_attention,
+            )
+            print(format_timings(results) + "\n", flush=True)  # each case as it is measured
+            if args.json:
+                append_records(args.json, args.section, [result_row(r) | {"threads": threads} for r in results])
+    print(f"torch {torch.__version__}, {threads} threads, device {args.device}")
+    print(FOOTNOTES)
     if args.compare_hf:
-        print("speed-up: transformers' faster attention implementation / ours; max |Δ|: vs our logits")
-    print("agree %: logit pixels whose argmax equals our fp32 eager model's")
+        print("speed-up: transformers' fastest row / ours; max |Δ|: vs our eager logits")
     return 0
 
 
