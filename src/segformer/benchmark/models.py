@@ -167,10 +167,13 @@ def make_step(model: nn.Module, impl: str, case: Case, x: torch.Tensor, labels: 
 
 
 def output_of(model: nn.Module, case: Case, x: torch.Tensor, impl: str = OURS) -> torch.Tensor:
-    """The float32 logits in the case's mode and the row's precision, without touching the weights (no step)."""
+    """The float32 logits in the case's mode and the row's precision, without touching the weights (no step).
+
+    Inference rows run under ``inference_mode`` as their timed step does, so that a compiled model is not
+    compiled a second time for another grad mode."""
     if isinstance(model, RunnerPath):
         return model(x)
-    with torch.no_grad(), autocast_for(case, impl):
+    with torch.no_grad() if case.train else torch.inference_mode(), autocast_for(case, impl):
         return model(x).float()
 
 
