@@ -20,6 +20,7 @@ from segformer.config import TestProtocol
 from segformer.data import SYNTHETIC_CLASSES, SyntheticDataset, build_dataset, write_synthetic
 from segformer.engines import OnnxRuntimeEngine, build_engine, cache_folder, cached_onnx, weights_hash
 from segformer.inference import Segmenter, network_input
+from segformer.runner import NetworkRunner
 from segformer.serve.predictor import make_segmenter
 from test_serve import cli_server, encode, labels_of, stop
 
@@ -100,7 +101,7 @@ def test_onnxruntime_engine_matches_pytorch(exported, source, tmp_path):
         assert (got - want).abs().max() <= 1e-4
     images = val_images(exported["root"])
     torch_labels = Segmenter(model, scale=None).predict_batch(images)
-    ort_labels = make_segmenter(model, None, engine, scale=None).predict_batch(images)
+    ort_labels = make_segmenter(model, None, NetworkRunner(model, engine=engine), scale=None).predict_batch(images)
     agree = np.mean([(a == b).mean() for a, b in zip(torch_labels, ort_labels, strict=True)])
     assert agree >= 0.999
 
@@ -113,8 +114,8 @@ def test_int8_model_agrees_with_fp32(exported):
     ops = {node.op_type for node in onnx.load(folder / "model.int8.onnx").graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     images = val_images(exported["root"])
-    want = make_segmenter(model, None, fp32, scale=None).predict_batch(images)
-    got = make_segmenter(model, None, int8, scale=None).predict_batch(images)
+    want = make_segmenter(model, None, NetworkRunner(model, engine=fp32), scale=None).predict_batch(images)
+    got = make_segmenter(model, None, NetworkRunner(model, engine=int8), scale=None).predict_batch(images)
     agree = np.mean([(a == b).mean() for a, b in zip(want, got, strict=True)])
     assert agree >= 0.98, agree
 
@@ -191,7 +192,8 @@ def test_cli_serve_runs_an_int8_onnx_file(exported):
         assert httpx.get(f"{url}/v1/model").json()["engine"] == "OnnxRuntimeEngine(model.int8.onnx)"
         image = val_images(exported["root"])[0]
         answer = httpx.post(f"{url}/v1/segment", content=encode(image), timeout=60)
-        int8 = make_segmenter(exported["model"], None, OnnxRuntimeEngine(folder / "model.int8.onnx"))
+        engine = OnnxRuntimeEngine(folder / "model.int8.onnx")
+        int8 = make_segmenter(exported["model"], None, NetworkRunner(exported["model"], engine=engine))
         np.testing.assert_array_equal(labels_of(answer.content), int8.predict(image))
         stop(process)
 

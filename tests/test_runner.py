@@ -3,8 +3,10 @@ limit and the default precision, with a stand-in capture where CUDA graphs would
 
 from __future__ import annotations
 
+import gc
 import threading
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -179,3 +181,16 @@ def test_cpu_default_precision_is_bf16_where_the_cpu_computes_it_natively(monkey
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     assert segformer.device.default_precision(torch.device("cpu")) == expected
+
+
+def test_a_runner_with_its_own_thread_is_freed_with_its_thread():
+    model = ThreadRecorder()
+    runner = NetworkRunner(model, dtype="fp32", own_thread=True)
+    runner(torch.randn(1, 3, 4, 4))
+    (owner,) = [t for t in threading.enumerate() if t.ident in model.threads]
+    freed = weakref.ref(runner)
+    del runner
+    gc.collect()
+    assert freed() is None  # the owning thread holds no reference to the runner (nor to its model or graphs)
+    owner.join(timeout=10)
+    assert not owner.is_alive()

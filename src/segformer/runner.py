@@ -25,6 +25,7 @@ whole and slide ones share its graphs).
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections import OrderedDict
@@ -184,6 +185,13 @@ class CompiledForward:
         return self.forward(x)
 
 
+def start_owner_thread(device: torch.device, ident: list[int]) -> None:
+    """The runner's own thread starts: note who it is, and make the runner's GPU its current device."""
+    ident.append(threading.get_ident())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
 class NetworkRunner:
     """Runs ``model`` (or ``engine``) on normalised B×3×H×W batches and returns float32 logits B×K×h×w.
 
@@ -228,8 +236,9 @@ class NetworkRunner:
             else None
         )
         own_thread = self.device.type == "cuda" if own_thread is None else own_thread
-        self._owner = ThreadPoolExecutor(1, "segformer-runner", self._start_owner) if own_thread else None
-        self._owner_ident: int | None = None
+        self._owner_ident: list[int] = []  # the owning thread's ident, once it runs
+        start = functools.partial(start_owner_thread, self.device, self._owner_ident)  # holds no runner: GC frees it
+        self._owner = ThreadPoolExecutor(1, "segformer-runner", start) if own_thread else None
 
     @property
     def precision(self) -> str:
@@ -245,14 +254,14 @@ class NetworkRunner:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits of the normalised batch ``x`` (no resizing or padding), never a buffer reused later."""
-        if self._owner is None or threading.get_ident() == self._owner_ident:
+        if self._owner is None or threading.get_ident() in self._owner_ident:
             return self._run(x)
         return self._owner.submit(self._run, x).result()
 
-    def _start_owner(self) -> None:
-        self._owner_ident = threading.get_ident()
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+    def close(self) -> None:
+        """End the owning thread (a runner that is garbage collected ends it too)."""
+        if self._owner is not None:
+            self._owner.shutdown(wait=True)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():  # inference mode is per thread: set where the work runs

@@ -48,14 +48,21 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str | None = N
 
 
 def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--dtype`` and ``--no-compile``: the network's precision and compilation (``Segmenter``'s dtype, compile)."""
+    """``--dtype``, ``--compile`` and ``--no-graphs``: how the network runs (``segformer.runner.NetworkRunner``)."""
     parser.add_argument(
         "--dtype",
         choices=["fp32", "bf16", "fp16"],
-        help="network precision (default: bf16 on a CUDA GPU that supports it and on a CPU with AMX, else fp32; "
-        "$SEGFORMER_DTYPE overrides the default)",
+        help="network precision (default: bf16 on a CUDA GPU that supports it and on a CPU that computes bf16 "
+        "natively (AMX or AVX512_BF16), else fp32; $SEGFORMER_DTYPE overrides the default)",
     )
-    parser.add_argument("--no-compile", action="store_true", help="never torch.compile the model (default: on CUDA)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network: one compile per input size, worth it for long runs at one size",
+    )
+    parser.add_argument(
+        "--no-graphs", action="store_true", help="on CUDA, run eagerly instead of replaying CUDA graphs per size"
+    )
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +81,12 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
 def segmenter_options(args: argparse.Namespace) -> dict:
     """``Segmenter`` keyword arguments of ``add_protocol_arguments``' and ``add_fast_path_arguments``' flags."""
     overrides = {"mode": args.mode, "scale": args.scale, "crop": args.crop, "stride": args.stride}
-    return {"aug": args.aug, "dtype": args.dtype, "compile": False if args.no_compile else None, **overrides}
+    return {"aug": args.aug or None, **runner_options(args), **overrides}
+
+
+def runner_options(args: argparse.Namespace) -> dict:
+    """``NetworkRunner`` keyword arguments of ``add_fast_path_arguments``' flags."""
+    return {"dtype": args.dtype, "compile": args.compile, "graphs": False if args.no_graphs else None}
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, default_text: str = "torch's") -> None:

@@ -9,9 +9,11 @@ import argparse
 from segformer.cli.common import (
     add_device_argument,
     add_engine_arguments,
+    add_fast_path_arguments,
     add_threads_argument,
     apply_threads,
     positive_int,
+    runner_options,
 )
 from segformer.serve.limits import Limits
 
@@ -22,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="checkpoint file, folder or hub id; or an .onnx file")
     add_engine_arguments(parser)
     add_device_argument(parser)
+    add_fast_path_arguments(parser)
     add_threads_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
@@ -48,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     model, engine, engine_name = load_for_inference(args.weights, device, args.engine, args.model)
     limits = Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
-    predictor = Predictor(model, engine)
+    predictor = Predictor(model, engine, runner_options(args))
     app = create_app(predictor, limits, args.max_batch, args.batch_window_ms / 1000, args.queue)
-    print(f"serving SegFormer-{predictor.metadata['variant']} ({engine_name}) on http://{args.host}:{args.port}")
+    how = predictor.runner.describe() if engine is None else engine_name
+    print(f"serving SegFormer-{predictor.metadata['variant']} ({how}) on http://{args.host}:{args.port}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
     return 0

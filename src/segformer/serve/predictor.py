@@ -1,7 +1,8 @@
 """What the server runs: images decoded from memory within limits, and batches of segmentations.
 
 ``model_metadata`` and ``make_segmenter`` are the only places that read the model's description and
-build a ``Segmenter``.
+build a ``Segmenter``. The Segmenters of the three modes share one ``NetworkRunner``: one set of CUDA graphs, run
+on the runner's own thread whichever thread the batcher calls from.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from segformer.data import read_image
 from segformer.engines import Engine
 from segformer.inference import Segmenter, label_dtype
+from segformer.runner import NetworkRunner
 from segformer.serve.limits import Limits
 from segformer.visualize import model_palette
 
@@ -44,12 +46,12 @@ def model_metadata(model: nn.Module) -> dict:
     }
 
 
-def make_segmenter(model: nn.Module, mode: str | None, engine: Engine | None, **overrides) -> Segmenter:
-    """A Segmenter of ``model`` testing in ``mode`` (None: the weights' own), running ``engine`` when given.
+def make_segmenter(model: nn.Module, mode: str | None, runner: NetworkRunner, **overrides) -> Segmenter:
+    """A Segmenter of ``model`` testing in ``mode`` (None: the weights' own), its network run by ``runner``.
 
     ``overrides`` replace other test settings (``scale``, ``crop``, ``stride``).
     """
-    return Segmenter(model, engine=engine, mode=mode, **overrides)
+    return Segmenter(model, runner=runner, mode=mode, **overrides)
 
 
 def decode_image(data: bytes, limits: Limits) -> np.ndarray:
@@ -102,13 +104,15 @@ class Predictor:
     Args:
         model: the SegFormer.
         engine: an engine from ``segformer.engines.build_engine``, or None for the PyTorch model.
+        runner: how the network runs (``NetworkRunner`` keyword arguments: ``dtype``, ``compile``, ``graphs``).
         overrides: test settings replacing the weights' own (``scale``, ``crop``, ``stride``).
     """
 
-    def __init__(self, model: nn.Module, engine: Engine | None = None, **overrides) -> None:
+    def __init__(self, model: nn.Module, engine: Engine | None = None, runner: dict | None = None, **overrides) -> None:
         self.metadata = model_metadata(model)
         self.engine = engine
-        self.segmenters = {mode: make_segmenter(model, mode, engine, **overrides) for mode in (None, *MODES)}
+        self.runner = NetworkRunner(model, engine=engine, **(runner or {}))
+        self.segmenters = {mode: make_segmenter(model, mode, self.runner, **overrides) for mode in (None, *MODES)}
 
     def __call__(self, jobs: list[Job]) -> list[Outcome]:
         start = time.perf_counter()
