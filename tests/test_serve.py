@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from xml.etree import ElementTree
 
+import cv2
 import httpx
 import numpy as np
 import psutil
@@ -28,7 +29,7 @@ from PIL import Image
 import segformer
 from segformer.config import TestProtocol
 from segformer.inference import Segmenter
-from segformer.serve.app import create_app
+from segformer.serve.app import FORMATS, create_app
 from segformer.serve.limits import Limits
 from segformer.serve.predictor import Predictor
 from segformer.visualize import overlay
@@ -124,6 +125,8 @@ def test_model_and_health(server, model):
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
     spec = httpx.get(f"{url}/openapi.json").json()
     assert set(spec["paths"]) == {"/v1/segment", "/v1/model", "/health"}
+    options = {p["name"]: p["schema"] for p in spec["paths"]["/v1/segment"]["post"]["parameters"]}
+    assert options["format"]["enum"] == list(FORMATS)
 
 
 def test_page_icon_is_an_svg(server):
@@ -206,6 +209,29 @@ def test_slide_mode_and_other_image_formats(server, model):
         np.testing.assert_array_equal(labels_of(answer.content), expected(model, decoded))
 
 
+def numpy_confidence(model, image: np.ndarray, mode: str) -> np.ndarray:
+    """The oracle: round(max softmax probability × 65535), half to even, in float64 NumPy from the logits of
+    ``Segmenter.predict_logits``."""
+    logits = Segmenter(model, mode=mode).predict_logits(image).double().numpy()
+    exp = np.exp(logits - logits.max(0))
+    return np.rint((exp / exp.sum(0)).max(0) * 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_confidence_png_equals_numpy_softmax_of_predict_logits(server, model, mode):
+    url, app = server
+    image = photo(72, 100, seed=8)
+    batches = app.state.batcher.batches
+    answer = httpx.post(f"{url}/v1/segment?format=confidence&mode={mode}", content=encode(image))
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", answer.text
+    assert app.state.batcher.batches == batches + 1  # the job ran through the batcher
+    assert Image.open(io.BytesIO(answer.content)).mode == "I;16"
+    confidence = cv2.imdecode(np.frombuffer(answer.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    want = numpy_confidence(model, image, mode)
+    assert confidence.dtype == np.uint16 and len(np.unique(want)) > 100
+    np.testing.assert_array_equal(confidence, want)
+
+
 def _bomb() -> bytes:
     """A 1-bit PNG of 8000×8000 pixels in a few kilobytes."""
     return encode(Image.new("1", (8000, 8000)))
@@ -228,6 +254,18 @@ BAD_INPUTS = {
         "format=json&overlay=true",
         400,
         "format=json and overlay=true conflict",
+    ),
+    "confidence overlay": (
+        encode(photo(80, 80, 4)),
+        "format=confidence&overlay=true",
+        400,
+        "format=confidence and overlay=true conflict",
+    ),
+    "confidence scores": (
+        encode(photo(80, 80, 4)),
+        "format=confidence&scores=true",
+        400,
+        "format=confidence and scores=true conflict",
     ),
 }
 

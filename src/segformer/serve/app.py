@@ -2,7 +2,9 @@
 
 Routes:
     ``POST /v1/segment``: the image as the multipart field ``image`` or as the raw body; query options
-    ``format=png|json``, ``overlay=true``, ``alpha=0..1``, ``scores=true``, ``mode=whole|slide``.
+    ``format=png|json|confidence``, ``overlay=true``, ``alpha=0..1``, ``scores=true``, ``mode=whole|slide``.
+    ``format=confidence`` answers the per-pixel max softmax probability × 65535 as a 16-bit grayscale PNG
+    (``segformer.scores``: the map ``segformer predict --scores`` writes as ``<stem>_confidence.png``).
     ``GET /v1/model``: variant, classes, palette, test protocol. ``GET /health``. ``GET /openapi.json``.
     ``GET /``: the web page (``static/``); ``GET /favicon.ico``: its icon (an SVG).
 
@@ -24,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 
+import cv2
 import numpy as np
 from starlette.applications import Starlette
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -43,6 +46,7 @@ STATIC = files("segformer.serve") / "static"
 MULTIPART_OVERHEAD = 64 << 10
 # Seconds a client is told to wait when the queue is full.
 RETRY_AFTER = "1"
+FORMATS = ("png", "json", "confidence")
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,8 @@ def parse_options(query: dict) -> Options:
     if unknown:
         raise RequestError(400, f"unknown query option {unknown[0]!r}: expected format, overlay, alpha, scores, mode")
     format_, mode = query.get("format", "png"), query.get("mode")
-    if format_ not in ("png", "json"):
-        raise RequestError(400, f"unsupported format={format_!r}: expected png or json")
+    if format_ not in FORMATS:
+        raise RequestError(400, f"unsupported format={format_!r}: expected png, json or confidence")
     if mode is not None and mode not in MODES:
         raise RequestError(400, f"unsupported mode={mode!r}: expected {' or '.join(MODES)}")
     try:
@@ -84,6 +88,13 @@ def parse_options(query: dict) -> Options:
     if overlay_ and format_ == "json":
         raise RequestError(
             400, "format=json and overlay=true conflict: the overlay is a PNG (format=png); the JSON is a summary"
+        )
+    if format_ == "confidence" and (overlay_ or scores):
+        conflict = "overlay=true" if overlay_ else "scores=true"
+        raise RequestError(
+            400,
+            f"format=confidence and {conflict} conflict: the confidence PNG holds each pixel's max probability alone;"
+            " the overlay is format=png, the per-class scores format=json",
         )
     return Options(format_, overlay_, alpha, scores, mode)
 
@@ -136,6 +147,14 @@ def png_bytes(outcome: Outcome, image: np.ndarray, options: Options, metadata: d
     return buffer.getvalue()
 
 
+def confidence_png(outcome: Outcome) -> bytes:
+    """The confidence map as a 16-bit grayscale PNG (as ``segformer.scores.save_confidence_maps`` writes it)."""
+    ok, encoded = cv2.imencode(".png", outcome.confidence)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode the {outcome.confidence.shape} confidence map as PNG")
+    return encoded.tobytes()
+
+
 def summary(outcome: Outcome, mode: str, names: list[str], total_ms: float) -> dict:
     """JSON answer: image size, each present class's area (largest first), timing."""
     label = outcome.label
@@ -186,7 +205,8 @@ def create_app(
         try:
             options = parse_options(dict(request.query_params))
             image = await in_codec_pool(request, decode_image, await read_upload(request, limits), limits)
-            outcome = await batcher.submit(Job(image, options.mode, options.scores))
+            job = Job(image, options.mode, options.scores, confidence=options.format == "confidence")
+            outcome = await batcher.submit(job)
         except RequestError as e:
             return error(e.status, str(e))
         except (QueueFull, ShuttingDown) as e:
@@ -194,6 +214,8 @@ def create_app(
         if options.format == "json":
             total_ms = 1000 * (time.perf_counter() - start)
             return JSONResponse(summary(outcome, options.mode or default_mode, metadata["class_names"], total_ms))
+        if options.format == "confidence":
+            return Response(await in_codec_pool(request, confidence_png, outcome), media_type="image/png")
         png = await in_codec_pool(request, png_bytes, outcome, image, options, metadata)
         return Response(png, media_type="image/png")
 

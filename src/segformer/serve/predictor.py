@@ -2,7 +2,8 @@
 
 ``model_metadata`` and ``make_segmenter`` are the only places that read the model's description and
 build a ``Segmenter``. The Segmenters of the three modes share one ``NetworkRunner``: one set of CUDA graphs, run
-on the runner's own thread whichever thread the batcher calls from.
+on the runner's own thread whichever thread the batcher calls from. Jobs asking for per-class scores or the
+per-pixel confidence map run ``Segmenter.predict_logits`` one image at a time; the others share ``predict_batch``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from segformer.data import read_image
 from segformer.engines import Engine
 from segformer.inference import Segmenter, label_dtype
 from segformer.runner import NetworkRunner
+from segformer.scores import logit_confidence
 from segformer.serve.limits import Limits
 from segformer.visualize import model_palette
 
@@ -81,19 +83,27 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
 
 @dataclass
 class Job:
-    """One image to segment, in ``mode`` (None: the default), with per-class confidences if ``scores``."""
+    """One image to segment, in ``mode`` (None: the default), with per-class confidences if ``scores`` and the
+    per-pixel confidence map if ``confidence``."""
 
     image: np.ndarray
     mode: str | None = None
     scores: bool = False
+    confidence: bool = False
+
+    @property
+    def needs_logits(self) -> bool:
+        return self.scores or self.confidence
 
 
 @dataclass
 class Outcome:
-    """Label map, per-class mean confidence (when asked for) and the batch's size and time."""
+    """Label map, per-class mean confidence and the H×W uint16 confidence map (each when asked for: else None;
+    the map is ``segformer.scores``' max softmax probability × 65535), and the batch's size and time."""
 
     label: np.ndarray
     scores: dict[int, float] | None
+    confidence: np.ndarray | None
     batch_size: int
     inference_ms: float
 
@@ -116,27 +126,32 @@ class Predictor:
 
     def __call__(self, jobs: list[Job]) -> list[Outcome]:
         start = time.perf_counter()
-        outcomes: dict[int, tuple[np.ndarray, dict | None]] = {}
-        order = sorted(range(len(jobs)), key=lambda i: (str(jobs[i].mode), jobs[i].scores, jobs[i].image.shape))
-        for (mode, scores), group in itertools.groupby(order, key=lambda i: (jobs[i].mode, jobs[i].scores)):
+        outcomes: dict[int, tuple[np.ndarray, dict | None, np.ndarray | None]] = {}
+        order = sorted(range(len(jobs)), key=lambda i: (str(jobs[i].mode), jobs[i].needs_logits, jobs[i].image.shape))
+        for (mode, needs_logits), group in itertools.groupby(order, key=lambda i: (jobs[i].mode, jobs[i].needs_logits)):
             indices = list(group)
             segmenter = self.segmenters[mode]
-            if scores:
+            if needs_logits:
                 for i in indices:
-                    outcomes[i] = self._with_scores(segmenter, jobs[i].image)
+                    outcomes[i] = self._from_logits(segmenter, jobs[i])
             else:
                 labels = segmenter.predict_batch([jobs[i].image for i in indices])
-                outcomes.update({i: (label, None) for i, label in zip(indices, labels, strict=True)})
+                outcomes.update({i: (label, None, None) for i, label in zip(indices, labels, strict=True)})
         elapsed = 1000 * (time.perf_counter() - start)
         return [Outcome(*outcomes[i], batch_size=len(jobs), inference_ms=elapsed) for i in range(len(jobs))]
 
     @staticmethod
-    def _with_scores(segmenter: Segmenter, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
-        """Labels and each present class's mean top probability over its pixels."""
-        confidence, label = segmenter.predict_logits(image).softmax(0).max(0)
-        confidence, label = confidence.float().cpu(), label.cpu()
-        ids, inverse = label.flatten().unique(return_inverse=True)
-        sums = torch.zeros(len(ids)).index_add_(0, inverse, confidence.flatten())
-        counts = torch.bincount(inverse, minlength=len(ids))
-        scores = {int(k): float(s / c) for k, s, c in zip(ids, sums, counts, strict=True)}
-        return label.to(label_dtype(segmenter.num_classes)).numpy(), scores
+    def _from_logits(segmenter: Segmenter, job: Job) -> tuple[np.ndarray, dict[int, float] | None, np.ndarray | None]:
+        """Labels, each present class's mean top probability over its pixels (if ``job.scores``) and the
+        confidence map (if ``job.confidence``), from one ``predict_logits``."""
+        logits = segmenter.predict_logits(job.image)
+        confidence_map = logit_confidence(logits)[0] if job.confidence else None
+        confidence, label = logits.softmax(0).max(0)
+        label = label.cpu()
+        scores = None
+        if job.scores:
+            ids, inverse = label.flatten().unique(return_inverse=True)
+            sums = torch.zeros(len(ids)).index_add_(0, inverse, confidence.float().cpu().flatten())
+            counts = torch.bincount(inverse, minlength=len(ids))
+            scores = {int(k): float(s / c) for k, s, c in zip(ids, sums, counts, strict=True)}
+        return label.to(label_dtype(segmenter.num_classes)).numpy(), scores, confidence_map
