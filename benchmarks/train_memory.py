@@ -8,7 +8,8 @@ state), then the measured step, as ``segformer benchmark`` measures it: on the C
 set size over the RSS before the step (the peak reset through ``/proc/self/clear_refs``), on CUDA the
 allocator's peak over what was allocated before. Time: one interpreter per size, steps with and without
 checkpointing interleaved (one of each per round, so that other load hits both alike), median of
-``--repeats`` rounds after one warm-up round.
+``--repeats`` rounds after one warm-up round; and the multiply-adds of each step
+(``segformer.benchmark.flops.count_gmacs``: the recomputed forward counts), which no other load changes.
 
     python benchmarks/train_memory.py [--sizes 512 1024] [--batch-sizes 2 1] [--repeats 2] [--device cpu]
 """
@@ -28,8 +29,11 @@ from pathlib import Path
 import torch
 
 from segformer.benchmark import Case, load_model, make_inputs, make_step, save_weights
+from segformer.benchmark.flops import count_gmacs
 from segformer.benchmark.memory import _rss_bytes
 from segformer.training.step import set_checkpointing
+
+WIDTHS = (10, 13, 8, 7, 7, 6, 5, 5)
 
 
 def case_of(args: argparse.Namespace, size: int, batch: int) -> Case:
@@ -38,7 +42,7 @@ def case_of(args: argparse.Namespace, size: int, batch: int) -> Case:
 
 def worker(args: argparse.Namespace) -> None:
     """In a fresh interpreter: print the peak memory rise (MiB) of one step with ``--checkpointing`` as asked, or
-    with ``--time`` the median milliseconds of a step without and with checkpointing, as JSON."""
+    with ``--time`` the median milliseconds and the GMACs of a step without and with checkpointing, as JSON."""
     torch.set_num_threads(args.threads)
     case = case_of(args, args.sizes[0], args.batch_sizes[0])
     cuda = case.device.startswith("cuda")
@@ -48,7 +52,12 @@ def worker(args: argparse.Namespace) -> None:
     make_step(model, "ours", small, *make_inputs(small))()
     step = make_step(model, "ours", case, *make_inputs(case))
     if args.time:
-        print(json.dumps(interleaved_ms(model, step, args.repeats, torch.cuda.synchronize if cuda else None)))
+        times = interleaved_ms(model, step, args.repeats, torch.cuda.synchronize if cuda else None)
+        gmacs = {}
+        for name in times:
+            set_checkpointing(model, name == "on")
+            gmacs[name] = count_gmacs(step)
+        print(json.dumps({"ms": times, "gmacs": gmacs}))
         return
     if cuda:
         step()  # the full-size kernels' first call
@@ -107,7 +116,8 @@ def main() -> None:
     if len(args.batch_sizes) != len(args.sizes):
         parser.error("--batch-sizes needs one batch size per --sizes entry")
     print(f"SegFormer-{args.variant.upper()} training step, fp32, {args.device}, {args.threads} thread(s)")
-    print(f"{'input':>14}  {'checkpointing':>13}  {'peak MiB':>9}  {'step s':>7}  {'memory':>6}  {'time':>5}")
+    header = ("input", "checkpointing", "peak MiB", "step s", "GMACs", "memory", "time", "MACs")
+    print("  ".join(f"{name:>{width}}" for name, width in zip(header, WIDTHS, strict=True)))
     with tempfile.TemporaryDirectory(prefix="segformer-train-memory-") as tmp:
         for size, batch in zip(args.sizes, args.batch_sizes, strict=True):
             weights = save_weights(case_of(args, size, batch), Path(tmp))
@@ -115,11 +125,20 @@ def main() -> None:
                 name: run_worker(args, weights, size, batch, *flags)
                 for name, flags in (("off", []), ("on", ["--checkpointing"]))
             }
-            step_ms = run_worker(args, weights, size, batch, "--time")
+            timed = run_worker(args, weights, size, batch, "--time")
+            step_ms, gmacs = timed["ms"], timed["gmacs"]
             for name in ("off", "on"):
-                ratios = f"{peak[name] / peak['off']:>5.2f}×  {step_ms[name] / step_ms['off']:>4.2f}×"
-                label = f"{batch}×{size}²"
-                print(f"{label:>14}  {name:>13}  {peak[name]:>9.0f}  {step_ms[name] / 1e3:>7.2f}  {ratios}", flush=True)
+                cells = (
+                    f"{batch}×{size}²",
+                    name,
+                    f"{peak[name]:.0f}",
+                    f"{step_ms[name] / 1e3:.2f}",
+                    f"{gmacs[name]:.1f}",
+                    f"{peak[name] / peak['off']:.2f}×",
+                    f"{step_ms[name] / step_ms['off']:.2f}×",
+                    f"{gmacs[name] / gmacs['off']:.2f}×",
+                )
+                print("  ".join(f"{cell:>{width}}" for cell, width in zip(cells, WIDTHS, strict=True)), flush=True)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,11 @@ def test_known_datasets_are_named_by_their_hub_ids_and_protocols_described():
     assert "Not validated yet" in city_body
     for dataset in ("coco-stuff", "custom"):
         assert "datasets" not in split_card(card_for(dataset))[0]
+    alias = recipe_for("ade20k")
+    alias.data.dataset = "ADEChallengeData2016"  # a name the dataset registry resolves
+    config = SegFormerConfig("b0", 150, protocol=DATASETS["ade20k"].protocol)
+    meta, body = split_card(model_card(config, alias, folder=Path("best"), iteration=1))
+    assert meta["datasets"] == ["scene_parse_150"] and "# SegFormer-B0 trained on ADE20K" in body
 
 
 def test_odd_names_survive_the_front_matter_and_the_table():

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from segformer.config import SegFormerConfig, TestProtocol
+from segformer.data import canonical_name
 from segformer.fileio import atomic_write
 from segformer.recipe import Recipe, dump_recipe
 
@@ -91,13 +92,14 @@ def shown(value: float | None) -> str:
 
 
 def dataset_title(recipe: Recipe) -> str:
-    data = recipe.data
-    return DATASET_TITLES.get(data.dataset, f"{Path(data.root).name or data.dataset} ({data.dataset} dataset)")
+    """The dataset's name: ADE20K …, or for a custom dataset its folder's name."""
+    data, dataset = recipe.data, canonical_name(recipe.data.dataset)
+    return DATASET_TITLES.get(dataset, f"{Path(data.root).name or dataset} ({dataset} dataset)")
 
 
 def front_matter(recipe: Recipe, validation: dict | None) -> dict:
     """The card's metadata: library, tags, datasets, metrics, licence where known, and ``model-index``."""
-    dataset, variant = recipe.data.dataset, recipe.model.variant
+    dataset, variant = canonical_name(recipe.data.dataset), recipe.model.variant
     meta: dict = {
         "library_name": "segformer",
         "tags": ["segformer", "semantic-segmentation", "image-segmentation", "pytorch"],
