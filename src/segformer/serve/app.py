@@ -59,6 +59,10 @@ class Options:
     scores: bool = False
     mode: str | None = None
 
+    def job(self, image: np.ndarray) -> Job:
+        """The batcher's job for ``image`` under these options."""
+        return Job(image, self.mode, self.scores, confidence=self.format == "confidence")
+
 
 def _flag(name: str, text: str | None) -> bool:
     if text is None or text.lower() in ("0", "false", "no", ""):
@@ -137,7 +141,10 @@ async def read_upload(request: Request, limits: Limits) -> bytes:
 
 
 def png_bytes(outcome: Outcome, image: np.ndarray, options: Options, metadata: dict) -> bytes:
-    """The label map as a palette PNG, or the overlay with its legend when ``options.overlay``."""
+    """The label map as a palette PNG, the overlay with its legend when ``options.overlay``, or the confidence
+    map when ``options.format`` is confidence."""
+    if options.format == "confidence":
+        return confidence_png(outcome)
     buffer = io.BytesIO()
     palette = np.array(metadata["palette"], np.uint8)
     if options.overlay:
@@ -205,8 +212,7 @@ def create_app(
         try:
             options = parse_options(dict(request.query_params))
             image = await in_codec_pool(request, decode_image, await read_upload(request, limits), limits)
-            job = Job(image, options.mode, options.scores, confidence=options.format == "confidence")
-            outcome = await batcher.submit(job)
+            outcome = await batcher.submit(options.job(image))
         except RequestError as e:
             return error(e.status, str(e))
         except (QueueFull, ShuttingDown) as e:
@@ -214,8 +220,6 @@ def create_app(
         if options.format == "json":
             total_ms = 1000 * (time.perf_counter() - start)
             return JSONResponse(summary(outcome, options.mode or default_mode, metadata["class_names"], total_ms))
-        if options.format == "confidence":
-            return Response(await in_codec_pool(request, confidence_png, outcome), media_type="image/png")
         png = await in_codec_pool(request, png_bytes, outcome, image, options, metadata)
         return Response(png, media_type="image/png")
 

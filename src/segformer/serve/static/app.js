@@ -1,12 +1,18 @@
-// SegFormer web page: uploads an image to the API, draws the label map over it in a canvas.
+// SegFormer web page: uploads an image to the API, draws the label map over it in a canvas, and on request the
+// confidence map (each pixel's largest softmax probability, format=confidence) as a second view.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, labels: null, width: 0, height: 0, hidden: new Set() };
+const SCALE = 65535; // the confidence PNG holds round(probability × 65535)
+const state = {
+  model: null, labels: null, confidence: null, width: 0, height: 0, hidden: new Set(),
+  view: "classes", file: null, upload: 0, pngs: {},
+};
 window.segformer = state; // for debugging and tests
 
-// Class ids of an 8-bit palette PNG (the API's label map): the PNG's own pixel values, not its colours.
-async function decodeLabelPng(buffer) {
+// The pixel values of a non-interlaced PNG: an 8-bit palette PNG (the API's label map: class ids, not colours)
+// as a Uint8Array, a 16-bit grayscale PNG (the confidence map) as a Uint16Array.
+async function decodePng(buffer) {
   const bytes = new Uint8Array(buffer);
   const view = new DataView(buffer);
   let pos = 8, width = 0, height = 0, depth = 0, type = 0, interlace = 0;
@@ -24,17 +30,27 @@ async function decodeLabelPng(buffer) {
     }
     pos += 12 + length;
   }
-  if (type !== 3 || depth !== 8 || interlace !== 0) throw new Error("expected an 8-bit palette PNG");
+  const palette8 = type === 3 && depth === 8, gray16 = type === 0 && depth === 16;
+  if (!(palette8 || gray16) || interlace !== 0) throw new Error("expected an 8-bit palette or 16-bit gray PNG");
   const stream = new Blob(idat).stream().pipeThrough(new DecompressionStream("deflate"));
   const raw = new Uint8Array(await new Response(stream).arrayBuffer());
-  const labels = new Uint8Array(width * height);
-  let prev = new Uint8Array(width);
+  const data = unfilter(raw, width * (palette8 ? 1 : 2), height, palette8 ? 1 : 2);
+  if (palette8) return { samples: data, width, height };
+  const samples = new Uint16Array(width * height);
+  for (let i = 0; i < samples.length; i++) samples[i] = (data[2 * i] << 8) | data[2 * i + 1]; // big-endian
+  return { samples, width, height };
+}
+
+// The scanlines' bytes with the PNG filters undone (bpp: bytes per pixel, the filters' left neighbour).
+function unfilter(raw, stride, height, bpp) {
+  const out = new Uint8Array(stride * height);
+  let prev = new Uint8Array(stride);
   for (let y = 0; y < height; y++) {
-    const filter = raw[y * (width + 1)];
-    const line = raw.subarray(y * (width + 1) + 1, (y + 1) * (width + 1));
-    const out = labels.subarray(y * width, (y + 1) * width);
-    for (let x = 0; x < width; x++) {
-      const a = x > 0 ? out[x - 1] : 0, b = prev[x], c = x > 0 ? prev[x - 1] : 0;
+    const filter = raw[y * (stride + 1)];
+    const line = raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1));
+    const row = out.subarray(y * stride, (y + 1) * stride);
+    for (let x = 0; x < stride; x++) {
+      const a = x >= bpp ? row[x - bpp] : 0, b = prev[x], c = x >= bpp ? prev[x - bpp] : 0;
       let p = 0;
       if (filter === 1) p = a;
       else if (filter === 2) p = b;
@@ -43,26 +59,34 @@ async function decodeLabelPng(buffer) {
         const pa = Math.abs(b - c), pb = Math.abs(a - c), pc = Math.abs(a + b - 2 * c);
         p = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
       }
-      out[x] = (line[x] + p) & 255;
+      row[x] = (line[x] + p) & 255;
     }
-    prev = out;
+    prev = row;
   }
-  return { labels, width, height };
+  return out;
 }
 
-function drawOverlay() {
-  const canvas = $("overlay");
-  const ctx = canvas.getContext("2d");
-  const image = ctx.createImageData(state.width, state.height);
-  const palette = state.model.palette;
+// One view's canvas: each pixel's RGB from rgbOf(i), transparent where its class is unticked in the legend.
+function paint(canvas, rgbOf) {
+  const image = canvas.getContext("2d").createImageData(state.width, state.height);
   for (let i = 0; i < state.labels.length; i++) {
-    const id = state.labels[i];
-    if (state.hidden.has(id) || id >= palette.length) continue;
-    image.data.set(palette[id], 4 * i);
+    const rgb = state.hidden.has(state.labels[i]) ? null : rgbOf(i);
+    if (!rgb) continue;
+    image.data.set(rgb, 4 * i);
     image.data[4 * i + 3] = 255;
   }
-  ctx.putImageData(image, 0, 0);
-  canvas.style.opacity = $("opacity").value;
+  canvas.getContext("2d").putImageData(image, 0, 0);
+}
+
+// Gray level of a confidence value: black = probability 0 (uncertain), white = 1 (certain).
+const grayOf = (value) => Math.round((255 * value) / SCALE);
+const GRAYS = Array.from({ length: 256 }, (_, level) => [level, level, level]);
+
+function draw() {
+  const palette = state.model.palette;
+  paint($("overlay"), (i) => palette[state.labels[i]]);
+  if (state.confidence) paint($("confidence"), (i) => GRAYS[grayOf(state.confidence[i])]);
+  for (const canvas of [$("overlay"), $("confidence")]) canvas.style.opacity = $("opacity").value;
 }
 
 function buildLegend(classes) {
@@ -74,7 +98,7 @@ function buildLegend(classes) {
     box.dataset.classId = entry.id;
     box.addEventListener("change", () => {
       box.checked ? state.hidden.delete(entry.id) : state.hidden.add(entry.id);
-      drawOverlay();
+      draw();
     });
     const swatch = Object.assign(document.createElement("span"), { className: "swatch" });
     swatch.style.background = `rgb(${state.model.palette[entry.id].join(",")})`;
@@ -99,42 +123,94 @@ async function post(file, query) {
   return response;
 }
 
-async function segment(file) {
+function busy(message) {
   document.body.dataset.state = "busy";
   $("status").className = "";
-  $("status").textContent = `segmenting ${file.name}…`;
+  $("status").textContent = message;
+}
+
+function failed(error) {
+  $("status").className = "error";
+  $("status").textContent = error.message;
+  document.body.dataset.state = "error";
+}
+
+async function segment(file) {
+  const upload = ++state.upload;
+  busy(`segmenting ${file.name}…`);
   try {
     const [png, json] = await Promise.all([post(file, "format=png"), post(file, "format=json&scores=true")]);
     const buffer = await png.arrayBuffer();
     const summary = await json.json();
-    Object.assign(state, await decodeLabelPng(buffer), { hidden: new Set() });
     const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
-    for (const canvas of [$("photo"), $("overlay")]) [canvas.width, canvas.height] = [state.width, state.height];
-    $("photo").getContext("2d").drawImage(bitmap, 0, 0, state.width, state.height);
+    const { samples, width, height } = await decodePng(buffer);
+    if (upload !== state.upload) return; // a newer upload took over
+    Object.assign(state, { labels: samples, width, height, confidence: null, hidden: new Set(), file });
+    state.pngs = { classes: buffer };
+    for (const canvas of $("stage").querySelectorAll("canvas")) [canvas.width, canvas.height] = [width, height];
+    $("photo").getContext("2d").drawImage(bitmap, 0, 0, width, height);
     buildLegend(summary.classes);
-    drawOverlay();
-    const link = $("download");
-    URL.revokeObjectURL(link.href);
-    link.href = URL.createObjectURL(new Blob([buffer], { type: "image/png" }));
-    link.download = `${file.name.replace(/\.[^.]*$/, "")}_label.png`;
     $("timing").textContent = `${summary.width}×${summary.height}, ${summary.mode}, ${summary.timing.total_ms.toFixed(0)} ms`;
-    $("status").textContent = file.name;
     $("result").hidden = false;
-    document.body.dataset.state = "ready";
+    await show(state.view);
   } catch (error) {
-    $("status").className = "error";
-    $("status").textContent = error.message;
-    document.body.dataset.state = "error";
+    if (upload === state.upload) failed(error);
   }
+}
+
+// The confidence map of the current upload, asked for the first time its view is shown.
+async function loadConfidence() {
+  const upload = state.upload;
+  busy(`computing the confidence of ${state.file.name}…`);
+  const buffer = await (await post(state.file, "format=confidence")).arrayBuffer();
+  const { samples, width, height } = await decodePng(buffer);
+  if (upload !== state.upload) return false;
+  if (width !== state.width || height !== state.height) throw new Error("the confidence map's size is not the image's");
+  Object.assign(state, { confidence: samples });
+  state.pngs.confidence = buffer;
+  return true;
+}
+
+// Show the view "classes" (the label overlay) or "confidence" (the gray confidence map) of the current upload.
+async function show(view) {
+  const upload = state.upload;
+  try {
+    if (view === "confidence" && !state.confidence && !(await loadConfidence())) return;
+    if (!$(`view-${view}`).checked) return; // another view was picked meanwhile
+  } catch (error) {
+    if (upload !== state.upload) return;
+    $("view-classes").checked = true;
+    await show("classes");
+    failed(error);
+    return;
+  }
+  state.view = view;
+  document.body.dataset.view = view;
+  $(`view-${view}`).checked = true;
+  $("overlay").hidden = view !== "classes";
+  $("confidence").hidden = view !== "confidence";
+  $("scale").hidden = view !== "confidence";
+  draw();
+  const link = $("download");
+  URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(new Blob([state.pngs[view]], { type: "image/png" }));
+  const kind = view === "classes" ? "label" : "confidence";
+  link.download = `${state.file.name.replace(/\.[^.]*$/, "")}_${kind}.png`;
+  link.textContent = `Download ${kind} PNG`;
+  $("status").textContent = state.file.name;
+  document.body.dataset.state = "ready";
 }
 
 function hover(event) {
   if (!state.labels) return;
-  const rect = event.target.getBoundingClientRect();
+  const rect = $("photo").getBoundingClientRect();
   const x = Math.min(state.width - 1, Math.floor(((event.clientX - rect.left) * state.width) / rect.width));
   const y = Math.min(state.height - 1, Math.floor(((event.clientY - rect.top) * state.height) / rect.height));
+  if (x < 0 || y < 0) return;
   const id = state.labels[y * state.width + x];
-  $("hover").textContent = `${state.model.class_names[id]} (x ${x}, y ${y})`;
+  const value = state.confidence ? state.confidence[y * state.width + x] : null;
+  const confidence = value === null ? "" : `, confidence ${((100 * value) / SCALE).toFixed(1)}%`;
+  $("hover").textContent = `${state.model.class_names[id]}${confidence} (x ${x}, y ${y})`;
   $("hover").dataset.classId = id;
 }
 
@@ -142,8 +218,16 @@ async function init() {
   state.model = await (await fetch("/v1/model")).json();
   $("model").textContent = `SegFormer-${state.model.variant.toUpperCase()}, ${state.model.num_classes} classes, ${state.model.engine}`;
   $("file").addEventListener("change", (e) => e.target.files[0] && segment(e.target.files[0]));
-  $("opacity").addEventListener("input", () => ($("overlay").style.opacity = $("opacity").value));
-  $("overlay").addEventListener("mousemove", hover);
+  $("opacity").addEventListener("input", () => {
+    for (const canvas of [$("overlay"), $("confidence")]) canvas.style.opacity = $("opacity").value;
+  });
+  for (const radio of document.querySelectorAll("input[name=view]")) {
+    radio.addEventListener("change", () => {
+      if (radio.checked && state.labels) show(radio.value);
+      else if (radio.checked) state.view = radio.value; // the first upload opens in this view
+    });
+  }
+  $("stage").addEventListener("mousemove", hover);
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => (e.preventDefault(), drop.classList.add("over")));
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
