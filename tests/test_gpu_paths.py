@@ -79,7 +79,7 @@ def test_benchmark_data_prints_positive_images_per_second(data_root, capsys):
 def test_recipe_train_switches_are_written_out_and_validated():
     for name in packaged_recipes():
         text = (resources.files("segformer") / "recipes" / f"{name}.toml").read_text()
-        assert '[train]\ncompile = false' in text and '\nchannels_last = "auto"' in text, name
+        assert "[train]\ncompile = false" in text and '\nchannels_last = "auto"' in text, name
     recipe = load_recipe("demo", ["train.compile=true", "train.channels_last=false"])
     assert (recipe.train.compile, recipe.train.channels_last) == (True, False)
     with pytest.raises(ValueError, match=r'train.compile must be true, false or "auto"'):
