@@ -69,7 +69,7 @@ def capture_cuda_graph(forward: Forward, example: torch.Tensor) -> Forward:
             forward(static_input)
     torch.cuda.current_stream(example.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads may run CUDA work meanwhile
         static_output = forward(static_input)
 
     def replay(x: torch.Tensor) -> torch.Tensor:
