@@ -222,6 +222,27 @@ def test_polygon_areas_equal_label_class_areas(model, tmp_path):
     assert (labels == 255).any() and sum(areas.values()) == pytest.approx((labels != 255).sum() * PIXEL_AREA)
 
 
+def test_geopackage_polygons_hold_the_label_class_areas_in_the_raster_crs(model, tmp_path):
+    import fiona  # in the test extra
+
+    write_raster(tmp_path / "scene.tif", random_bands(300, 200))
+    seg = segmenter(model, (128, 128), (96, 96))
+    out = tmp_path / "scene_classes.gpkg"
+    result = predict_raster(seg, tmp_path / "scene.tif", tmp_path / "labels.tif", polygons=out, progress=False)
+    labels = read_band(result.labels)
+    with fiona.open(out, layer="classes") as layer:
+        assert layer.crs.to_epsg() == 32633 and layer.driver == "GPKG"
+        areas = dict.fromkeys(range(K), 0.0)
+        for feature in layer:
+            properties = feature.properties
+            assert properties["class_name"] == NAMES[properties["class_id"]]
+            exterior, *holes = feature.geometry.coordinates
+            areas[properties["class_id"]] += ring_area(exterior) - sum(ring_area(hole) for hole in holes)
+    for class_id in range(K):
+        assert areas[class_id] == pytest.approx((labels == class_id).sum() * PIXEL_AREA, rel=1e-9)
+    assert not list(tmp_path.glob("*.tmp*"))  # the scratch file was moved onto its name
+
+
 def test_preview_is_the_overlay_of_the_bands_and_labels(model, tmp_path):
     data = random_bands(150, 210)
     write_raster(tmp_path / "scene.tif", data)

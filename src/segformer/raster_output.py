@@ -15,7 +15,8 @@ import dataclasses
 import functools
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -163,8 +164,19 @@ def _crs_member(crs: rasterio.crs.CRS | None) -> dict | None:
     return {"type": "name", "properties": {"name": name}}
 
 
+def class_regions(labels: np.ndarray, top: int, transform, names: Sequence[str]) -> Iterator[tuple[dict, dict]]:
+    """(geometry, properties) of each 4-connected class region of label rows starting at row ``top``
+    (``rasterio.features.shapes``), in the raster's CRS; ignored pixels belong to no region."""
+    window = Window(0, top, labels.shape[1], labels.shape[0])
+    window_transform = rasterio.windows.transform(window, transform)
+    regions = rasterio.features.shapes(labels, mask=labels != IGNORE_INDEX, connectivity=4, transform=window_transform)
+    for geometry, value in regions:
+        class_id = int(value)
+        yield geometry, {"class_id": class_id, "class_name": names[class_id], "row_block": top // BLOCK_SIZE}
+
+
 class PolygonWriter:
-    """Class regions of label rows as GeoJSON features (``rasterio.features.shapes``, 4-connected), streamed."""
+    """Class regions of label rows as GeoJSON features, streamed."""
 
     def __init__(self, file: TextIO, dataset: rasterio.DatasetReader, names: Sequence[str]) -> None:
         self.file, self.transform, self.names = file, dataset.transform, names
@@ -176,18 +188,53 @@ class PolygonWriter:
         self.separator = "\n"
 
     def add(self, top: int, labels: np.ndarray) -> None:
-        window = Window(0, top, labels.shape[1], labels.shape[0])
-        transform = rasterio.windows.transform(window, self.transform)
-        regions = rasterio.features.shapes(labels, mask=labels != IGNORE_INDEX, connectivity=4, transform=transform)
-        for geometry, value in regions:
-            class_id = int(value)
-            properties = {"class_id": class_id, "class_name": self.names[class_id], "row_block": top // BLOCK_SIZE}
+        for geometry, properties in class_regions(labels, top, self.transform, self.names):
             feature = {"type": "Feature", "properties": properties, "geometry": geometry}
             self.file.write(self.separator + json.dumps(feature))
             self.separator = ",\n"
 
     def close(self) -> None:
         self.file.write("\n]}\n")
+
+
+class GeoPackageWriter:
+    """The same class regions as one GeoPackage layer, ``classes`` (through fiona, ``pip install fiona``).
+
+    GDAL writes a GeoPackage only under a ``.gpkg`` name, so it is written beside ``path`` and moved onto it."""
+
+    def __init__(self, path: Path, dataset: rasterio.DatasetReader, names: Sequence[str]) -> None:
+        try:
+            import fiona
+        except ImportError:
+            hint = "GeoPackage polygons need fiona: pip install 'segformer[gpkg]' (or write GeoJSON)"
+            raise ImportError(hint) from None
+        self.fiona, self.path, self.transform, self.names = fiona, path, dataset.transform, names
+        self.scratch = path.with_name(path.name + ".gpkg")
+        schema = {"geometry": "Polygon", "properties": {"class_id": "int", "class_name": "str", "row_block": "int"}}
+        crs = dataset.crs.to_wkt() if dataset.crs else None
+        self.layer = fiona.open(self.scratch, "w", driver="GPKG", schema=schema, crs_wkt=crs, layer="classes")
+
+    def add(self, top: int, labels: np.ndarray) -> None:
+        features = [
+            self.fiona.Feature.from_dict({"type": "Feature", "geometry": geometry, "properties": properties})
+            for geometry, properties in class_regions(labels, top, self.transform, self.names)
+        ]
+        self.layer.writerecords(features)
+
+    def close(self) -> None:
+        self.layer.close()
+        os.replace(self.scratch, self.path)
+
+
+def polygon_writer(
+    final: Path, temporary: Path, dataset, names: Sequence[str], stack: contextlib.ExitStack
+) -> PolygonWriter | GeoPackageWriter:
+    """A GeoPackage writer when the polygons' file is named ``.gpkg``, else a GeoJSON one; closed by ``stack``."""
+    if final.suffix.lower() != ".gpkg":
+        return PolygonWriter(stack.enter_context(open(temporary, "w")), dataset, names)
+    writer = GeoPackageWriter(temporary, dataset, names)
+    stack.callback(writer.layer.close)  # on an error; close() closes it first otherwise
+    return writer
 
 
 class RasterOutputs:
@@ -209,7 +256,7 @@ class RasterOutputs:
             labels = stack.enter_context(create_geotiff(temporary.labels, dataset, 1, "uint8", IGNORE_INDEX))
             polygons = None
             if temporary.polygons is not None:
-                polygons = PolygonWriter(stack.enter_context(open(temporary.polygons, "w")), dataset, self.names)
+                polygons = polygon_writer(self.paths.polygons, temporary.polygons, dataset, self.names, stack)
             label_rows = RowBlocks(1, dataset.width, np.uint8, functools.partial(self._labels, labels, polygons))
             score_rows = None
             if temporary.scores is not None:

@@ -69,7 +69,11 @@ def add_media_arguments(parser: argparse.ArgumentParser) -> None:
         "--bands is always streamed as a raster",
     )
     raster.add_argument(
-        "--polygons", action="store_true", help="also write the class regions as <stem>_classes.geojson (raster CRS)"
+        "--polygons",
+        nargs="?",
+        const="geojson",
+        choices=["geojson", "gpkg"],
+        help="also write the class regions (raster CRS) as <stem>_classes.geojson, or .gpkg (GeoPackage, needs fiona)",
     )
     video = parser.add_argument_group("videos (.mp4, .mkv, .mov, .avi …; needs segformer[video])")
     video.add_argument(
@@ -154,7 +158,7 @@ def outputs_of(kind: str, out: Path, stem: str, args: argparse.Namespace) -> dic
     elif kind == "raster":
         asked = {"scores": args.scores, "polygons": args.polygons}
         files = {"label": f"{stem}_label.tif", "overlay": f"{stem}_overlay.png", "scores": f"{stem}_scores.tif"}
-        files["polygons"] = f"{stem}_classes.geojson"
+        files["polygons"] = f"{stem}_classes.{args.polygons or 'geojson'}"
     else:
         asked = {"confidence": args.scores, "entropy": args.scores}
         files = {"label": f"{stem}_label.png", "overlay": f"{stem}_overlay.{args.overlay_format}"}
