@@ -5,7 +5,7 @@ GeoTIFFs are tiled in ``BLOCK_SIZE`` × ``BLOCK_SIZE`` tiles, deflate compressed
 4 GB, with the source's CRS and transform; rows are buffered until a whole row of tiles is complete, so every tile
 is compressed once. The label map gets internal overviews (nearest neighbour, GDAL ``build_overviews``), which GIS
 viewers and the preview read. Every file goes to a temporary file in its folder and is renamed when all are
-complete, the label map last (``segformer.fileio.atomic_write``).
+complete, the label map last (``segformer.fileio.atomic_write_all``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from segformer.constants import IGNORE_INDEX
-from segformer.fileio import atomic_write
+from segformer.fileio import atomic_write_all
 from segformer.visualize import overlay
 
 BLOCK_SIZE = 512  # GeoTIFF tile side; rows are written a row of tiles at a time
@@ -70,17 +70,8 @@ def output_paths(
 def write_atomically(paths: OutputPaths, write: Callable[[OutputPaths], Any]) -> Any:
     """``write(temporary paths)``, then every temporary file renamed onto its path, the label map last."""
     fields = [f.name for f in dataclasses.fields(paths) if getattr(paths, f.name) is not None]
-    result = []
-
-    def nested(remaining: list[str], temporary: dict[str, Path]) -> None:
-        if not remaining:
-            result.append(write(OutputPaths(**temporary)))
-            return
-        name = remaining[0]
-        atomic_write(getattr(paths, name), lambda tmp: nested(remaining[1:], {**temporary, name: Path(tmp)}))
-
-    nested(fields, {})
-    return result[0]
+    targets = [getattr(paths, name) for name in fields]  # the label map first: atomic_write_all renames it last
+    return atomic_write_all(targets, lambda tmps: write(OutputPaths(**dict(zip(fields, map(Path, tmps), strict=True)))))
 
 
 def score_bands(logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
