@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -75,8 +76,6 @@ def tiny_recipe(root, overrides: dict | None = None):
 
 def numpy_counts(predictions, labels, num_classes: int):
     """Whole-set intersection, union and labelled pixels per class (label 255 ignored), counted with NumPy."""
-    import numpy as np
-
     intersection, union, labelled = np.zeros(num_classes), np.zeros(num_classes), np.zeros(num_classes)
     for pred, label in zip(predictions, labels, strict=True):
         keep = label != 255
@@ -93,3 +92,43 @@ def numpy_miou(predictions, labels, num_classes: int) -> float:
     intersection, union, _ = numpy_counts(predictions, labels, num_classes)
     present = union > 0
     return float((intersection[present] / union[present]).mean())
+
+
+def numpy_confidence(logits) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle of ``segformer.scores``: float64 NumPy softmax over dim 0 of K×H×W logits, then round(max p ×
+    65535) and round(−Σ p ln p / ln K × 65535), half to even, as float64 arrays of whole numbers."""
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=0))
+    p = exp / exp.sum(axis=0)
+    entropy = -(p * np.log(p, where=p > 0, out=np.zeros_like(p))).sum(axis=0) / np.log(len(p))
+    return np.rint(p.max(axis=0) * 65535), np.rint(np.clip(entropy, 0, 1) * 65535)
+
+
+def ring_area(ring) -> float:
+    """Area of a closed polygon ring of (x, y) points (the shoelace formula)."""
+    x, y = np.asarray(ring, dtype=np.float64).T
+    return 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+
+
+def write_clip(path, frames, rate, codec: str = "ffv1", pix_fmt: str = "bgr0") -> None:
+    """A clip of H×W×3 uint8 ``frames`` at ``rate`` frames/s (PyAV); FFV1 RGB, the default, is lossless: its decoded
+    frames are the frames written."""
+    import av  # the test extra has it; imported here so that tests without video need not
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix_fmt
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def decoded(path, stream_index: int = 0, format: str = "rgb24") -> tuple[list[np.ndarray], dict]:
+    """Frames of one video stream, decoded as predict_video decodes them, and the stream's size, rate and codec."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[stream_index]
+        frames = [frame.to_ndarray(format=format) for frame in container.decode(stream)]
+        info = {"size": (stream.width, stream.height), "rate": stream.average_rate, "codec": stream.codec_context.name}
+    return frames, info

@@ -14,6 +14,7 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
+from reference import decoded, numpy_confidence, ring_area, write_clip
 from segformer import from_pretrained
 from segformer.cli import main, predict_media
 from segformer.config import TestProtocol as Protocol  # aliased: pytest would collect a "Test…" class
@@ -62,36 +63,6 @@ def scene(k: int, height: int = 64, width: int = 96) -> np.ndarray:
     return image.astype(np.uint8)
 
 
-def write_clip(path, frames) -> None:
-    """A lossless clip (FFV1 RGB in Matroska): its decoded frames are the frames written."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=RATE)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "bgr0"
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode(None))
-
-
-def decoded(path, stream_index=0, format="rgb24") -> tuple[list[np.ndarray], Fraction]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[stream_index]
-        return [frame.to_ndarray(format=format) for frame in container.decode(stream)], stream.average_rate
-
-
-def softmax_scores(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy oracle of the 16-bit confidence and normalised entropy of K×H×W logits."""
-    logits = logits.astype(np.float64)
-    p = np.exp(logits - logits.max(0))
-    p /= p.sum(0)
-    entropy = -(p * np.log(np.where(p > 0, p, 1))).sum(0) / np.log(len(p))
-    return np.rint(p.max(0) * 65535), np.rint(np.clip(entropy, 0, 1) * 65535)
-
-
-def shoelace(ring) -> float:
-    x, y = np.asarray(ring, dtype=np.float64).T
-    return 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
-
-
 def test_georeferenced_raster_streams_to_a_label_geotiff_equal_to_in_memory_slide(model, weights, tmp_path, capsys):
     data = bands(300, 400)
     write_geotiff(tmp_path / "scene.tif", data)
@@ -115,7 +86,7 @@ def test_georeferenced_raster_streams_to_a_label_geotiff_equal_to_in_memory_slid
     np.testing.assert_array_equal(label, slide(model).predict(image))
     assert len(np.unique(label)) >= 2
 
-    expected_confidence, expected_entropy = softmax_scores(slide(model).predict_logits(image).numpy())
+    expected_confidence, expected_entropy = numpy_confidence(slide(model).predict_logits(image).numpy())
     with rasterio.open(out / "scene_scores.tif") as scores:
         assert (scores.count, scores.dtypes, scores.crs) == (2, ("uint16", "uint16"), rasterio.crs.CRS.from_string(CRS))
         assert np.abs(scores.read(1) - expected_confidence).max() <= 1
@@ -125,7 +96,7 @@ def test_georeferenced_raster_streams_to_a_label_geotiff_equal_to_in_memory_slid
     areas = dict.fromkeys(NAMES, 0.0)
     for feature in collection["features"]:
         exterior, *holes = feature["geometry"]["coordinates"]
-        areas[feature["properties"]["class_name"]] += shoelace(exterior) - sum(shoelace(hole) for hole in holes)
+        areas[feature["properties"]["class_name"]] += ring_area(exterior) - sum(ring_area(hole) for hole in holes)
     for k, name in enumerate(NAMES):
         assert areas[name] == pytest.approx((label == k).sum() * PIXEL_AREA, rel=1e-9)
 
@@ -180,8 +151,8 @@ def test_band_out_of_range_names_the_file_and_its_band_count(weights, tmp_path, 
 
 
 def test_video_gives_overlay_and_label_videos_equal_to_predict_per_frame(model, weights, tmp_path, capsys):
-    write_clip(tmp_path / "clip.mkv", [scene(k) for k in range(FRAMES)])
-    frames, rate = decoded(tmp_path / "clip.mkv")
+    write_clip(tmp_path / "clip.mkv", [scene(k) for k in range(FRAMES)], RATE)
+    frames, source = decoded(tmp_path / "clip.mkv")
     out = tmp_path / "out"
     argv = ["predict", str(tmp_path / "clip.mkv"), "--weights", str(weights), "--out", str(out), *SCALE]
     assert main(argv + ["--label-video", "--scores", "--batch-size", "4", "-q"]) == 0
@@ -189,16 +160,16 @@ def test_video_gives_overlay_and_label_videos_equal_to_predict_per_frame(model, 
     assert f"{FRAMES} frames in" in stdout and "frames/s" in stdout and "wrote 1 video to" in stdout
 
     segmenter = Segmenter(model, scale=(64, 32))
-    labels, label_rate = decoded(out / "clip_labels.mkv", format="gray")
-    assert len(labels) == FRAMES and label_rate == rate
+    labels, label_stream = decoded(out / "clip_labels.mkv", format="gray")
+    assert len(labels) == FRAMES and label_stream["rate"] == source["rate"]
     for k, (frame, label) in enumerate(zip(frames, labels, strict=True)):
         np.testing.assert_array_equal(label, segmenter.predict(frame), err_msg=f"frame {k}")
-    overlays, overlay_rate = decoded(out / "clip_overlay.mp4")
-    assert len(overlays) == FRAMES and overlay_rate == rate
+    overlays, overlay_stream = decoded(out / "clip_overlay.mp4")
+    assert len(overlays) == FRAMES and overlay_stream["rate"] == source["rate"]
     confidence, _ = decoded(out / "clip_scores.mkv", 0, format="gray16le")
     entropy, _ = decoded(out / "clip_scores.mkv", 1, format="gray16le")
     assert len(confidence) == len(entropy) == FRAMES
-    expected_confidence, expected_entropy = softmax_scores(segmenter.predict_logits(frames[2]).numpy())
+    expected_confidence, expected_entropy = numpy_confidence(segmenter.predict_logits(frames[2]).numpy())
     assert np.abs(confidence[2] - expected_confidence).max() <= 1
     assert np.abs(entropy[2] - expected_entropy).max() <= 1
     (line,) = [json.loads(text) for text in (out / "manifest.jsonl").read_text().splitlines()]
@@ -216,7 +187,7 @@ def test_mixed_folder_resumed_with_skip_existing_rebuilds_the_same_manifest(mode
     folder.mkdir()
     Image.fromarray(scene(0)).save(folder / "photo.png")
     write_geotiff(folder / "field.tif", bands(90, 110, seed=1))
-    write_clip(folder / "clip.mkv", [scene(k) for k in range(3)])
+    write_clip(folder / "clip.mkv", [scene(k) for k in range(3)], RATE)
     (folder / "notes.txt").write_text("neither")
     argv = ["predict", str(folder), "--weights", str(weights), "--out", str(out), *SCALE, *WINDOWS, "-q"]
     assert main(argv) == 0
@@ -241,7 +212,7 @@ def test_mixed_folder_resumed_with_skip_existing_rebuilds_the_same_manifest(mode
 
 def test_source_flag_reads_a_stream_into_live_outputs(model, weights, tmp_path, capsys):
     """--source takes what FFmpeg opens; a file given there is read as a file (every frame, in order)."""
-    write_clip(tmp_path / "clip.mkv", [scene(k) for k in range(FRAMES)])
+    write_clip(tmp_path / "clip.mkv", [scene(k) for k in range(FRAMES)], RATE)
     out = tmp_path / "out"
     argv = ["predict", "--source", str(tmp_path / "clip.mkv"), "--weights", str(weights), "--out", str(out)]
     assert main(argv + [*SCALE, "--label-video", "--max-frames", "4", "-q"]) == 0
@@ -281,7 +252,7 @@ def test_missing_optional_package_is_one_line_with_its_pip_command(
     package, modules, hint, weights, tmp_path, monkeypatch, capsys
 ):
     write_geotiff(tmp_path / "scene.tif", bands(40, 50))
-    write_clip(tmp_path / "clip.mkv", [scene(0)])
+    write_clip(tmp_path / "clip.mkv", [scene(0)], RATE)
     monkeypatch.setitem(sys.modules, package, None)  # import fails as if not installed
     for module in modules:
         monkeypatch.delitem(sys.modules, module, raising=False)

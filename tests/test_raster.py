@@ -1,7 +1,6 @@
 """Streamed raster prediction (segformer.raster) against the in-memory Segmenter, NumPy and rasterio."""
 
 import json
-import math
 import tracemalloc
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from rasterio.transform import from_origin
 
+from reference import numpy_confidence, ring_area
 from segformer import create_model
 from segformer.config import TestProtocol as Protocol  # aliased: pytest would collect a "Test…" class
 from segformer.inference import Segmenter
@@ -182,10 +182,7 @@ def test_scores_equal_numpy_from_predict_logits(model, tmp_path):
     write_raster(tmp_path / "scene.tif", data)
     seg = segmenter(model)
     result = predict_raster(seg, tmp_path / "scene.tif", tmp_path / "labels.tif", scores=True, progress=False)
-    logits = seg.predict_logits(in_memory(data, (1, 2, 3))).numpy().astype(np.float64)
-    p = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
-    expected_prob = np.rint(p.max(0) * 65535)
-    expected_entropy = np.rint(-(p * np.log(p)).sum(0) / math.log(K) * 65535)
+    expected_prob, expected_entropy = numpy_confidence(seg.predict_logits(in_memory(data, (1, 2, 3))).numpy())
     valid = (data[:3] > 0).all(axis=0)
     with rasterio.open(result.scores) as scores:
         assert (scores.count, scores.dtypes, scores.crs, scores.transform) == (2, ("uint16",) * 2, CRS, TRANSFORM)
@@ -195,11 +192,6 @@ def test_scores_equal_numpy_from_predict_logits(model, tmp_path):
     assert np.abs(entropy - expected_entropy)[valid].max() <= 1
     assert (prob[~valid] == 0).all() and (entropy[~valid] == 0).all()
     np.testing.assert_array_equal(mask, np.where(valid, 255, 0))
-
-
-def ring_area(ring) -> float:
-    x, y = np.asarray(ring, dtype=np.float64).T
-    return 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
 
 
 def test_polygon_areas_equal_label_class_areas(model, tmp_path):

@@ -1,26 +1,16 @@
 """Confidence maps (segformer.scores): max probability and normalised entropy against NumPy, 16-bit PNGs."""
 
-import math
-
 import cv2
 import numpy as np
 import pytest
 import torch
 
 import segformer
+from reference import numpy_confidence
 from segformer import scores
 from segformer.config import TestProtocol
 from segformer.inference import Segmenter
 from segformer.scores import confidence, confidence_maps, logit_confidence, save_confidence_maps
-
-
-def numpy_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The oracle: softmax, max and −Σ p ln p in float64 NumPy, scaled by 65535 and rounded."""
-    logits = logits.astype(np.float64)
-    exp = np.exp(logits - logits.max(axis=0))
-    p = exp / exp.sum(axis=0)
-    entropy = -(p * np.log(p, where=p > 0, out=np.zeros_like(p))).sum(axis=0) / math.log(len(p))
-    return np.rint(p.max(axis=0) * 65535).astype(np.uint16), np.rint(np.clip(entropy, 0, 1) * 65535).astype(np.uint16)
 
 
 @pytest.fixture(scope="module")

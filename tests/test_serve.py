@@ -26,6 +26,7 @@ import torch
 import uvicorn
 from PIL import Image
 
+import reference
 import segformer
 from segformer.config import TestProtocol
 from segformer.inference import Segmenter
@@ -212,9 +213,7 @@ def test_slide_mode_and_other_image_formats(server, model):
 def numpy_confidence(model, image: np.ndarray, mode: str) -> np.ndarray:
     """The oracle: round(max softmax probability × 65535), half to even, in float64 NumPy from the logits of
     ``Segmenter.predict_logits``."""
-    logits = Segmenter(model, mode=mode).predict_logits(image).double().numpy()
-    exp = np.exp(logits - logits.max(0))
-    return np.rint((exp / exp.sum(0)).max(0) * 65535).astype(np.uint16)
+    return reference.numpy_confidence(Segmenter(model, mode=mode).predict_logits(image).numpy())[0].astype(np.uint16)
 
 
 @pytest.mark.parametrize("mode", ["whole", "slide"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import segformer
+from reference import decoded, numpy_confidence, write_clip
 from segformer.config import TestProtocol
 from segformer.inference import Segmenter
 from segformer.video import overlay_size, predict_video
@@ -30,24 +31,6 @@ def scene(k: int) -> np.ndarray:
     return image.astype(np.uint8)
 
 
-def write_clip(path, frames, codec="ffv1", pix_fmt="bgr0") -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=RATE)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix_fmt
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode(None))
-
-
-def decoded(path, stream_index=0, format="rgb24") -> tuple[list[np.ndarray], dict]:
-    """Frames of one video stream, decoded as predict_video decodes them, and the stream's properties."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[stream_index]
-        frames = [frame.to_ndarray(format=format) for frame in container.decode(stream)]
-        info = {"size": (stream.width, stream.height), "rate": stream.average_rate, "codec": stream.codec_context.name}
-    return frames, info
-
-
 @pytest.fixture(scope="module")
 def segmenter(one_thread):
     torch.manual_seed(0)
@@ -59,7 +42,7 @@ def segmenter(one_thread):
 def clip(tmp_path_factory):
     """A lossless (FFV1 RGB) .mkv: decoded frames are the frames written."""
     path = tmp_path_factory.mktemp("clip") / "clip.mkv"
-    write_clip(path, [scene(k) for k in range(FRAMES)])
+    write_clip(path, [scene(k) for k in range(FRAMES)], RATE)
     frames, _ = decoded(path)
     assert all(np.array_equal(a, scene(k)) for k, a in enumerate(frames))
     return path
@@ -146,17 +129,11 @@ def test_mpeg4_without_legend_keeps_the_input_size(segmenter, clip, frames, labe
 
 
 def test_odd_sides_are_padded_to_even(segmenter, tmp_path):
-    write_clip(tmp_path / "odd.mkv", [scene(k)[:63, :95] for k in range(3)])
+    write_clip(tmp_path / "odd.mkv", [scene(k)[:63, :95] for k in range(3)], RATE)
     predict_video(segmenter, tmp_path / "odd.mkv", tmp_path / "odd.mp4", labels_out=tmp_path / "l.mkv", legend=False)
     stored, info = decoded(tmp_path / "odd.mp4")
     assert (info["size"], len(stored)) == ((96, 64), 3)
     assert decoded(tmp_path / "l.mkv", format="gray")[1]["size"] == (95, 63)
-
-
-def numpy_softmax(logits: torch.Tensor) -> np.ndarray:
-    logits = logits.numpy().astype(np.float64)
-    exp = np.exp(logits - logits.max(axis=0))
-    return exp / exp.sum(axis=0)
 
 
 def test_confidence_video_equals_numpy_from_predict_logits(segmenter, clip, frames, labels, tmp_path):
@@ -165,12 +142,17 @@ def test_confidence_video_equals_numpy_from_predict_logits(segmenter, clip, fram
     entropy, _ = decoded(tmp_path / "s.mkv", 1, "gray16le")
     check_stream(info, WIDTH, HEIGHT)
     for k, image in enumerate(frames):
-        p = numpy_softmax(segmenter.predict_logits(image))
-        entropy_k = np.clip(-(p * np.log(p)).sum(axis=0) / np.log(3), 0, 1)
-        np.testing.assert_array_equal(top[k], np.rint(p.max(axis=0) * 65535).astype(np.uint16))
-        np.testing.assert_array_equal(entropy[k], np.rint(entropy_k * 65535).astype(np.uint16))
+        expected_top, expected_entropy = numpy_confidence(segmenter.predict_logits(image).numpy())
+        np.testing.assert_array_equal(top[k], expected_top.astype(np.uint16))
+        np.testing.assert_array_equal(entropy[k], expected_entropy.astype(np.uint16))
     stored = decoded(tmp_path / "l.mkv", format="gray")[0]
     assert all(np.array_equal(a, b) for a, b in zip(stored, labels, strict=True))  # probabilities' argmax
+
+
+def numpy_softmax(logits: torch.Tensor) -> np.ndarray:
+    logits = logits.numpy().astype(np.float64)
+    exp = np.exp(logits - logits.max(axis=0))
+    return exp / exp.sum(axis=0)
 
 
 def test_smoothing_is_a_moving_average_of_the_probabilities(segmenter, clip, frames, labels, tmp_path):
@@ -192,7 +174,7 @@ def test_truncated_file_is_reported_by_name_and_nothing_is_written(segmenter, cl
     with pytest.raises(ValueError, match=r"cut\.mkv: decoding stopped at frame \d+ .* lasts for 12 frames"):
         predict_video(segmenter, cut, tmp_path / "o.mp4", labels_out=tmp_path / "l.mkv", batch_size=2)
     mp4 = tmp_path / "cut.mp4"
-    write_clip(mp4, [scene(k) for k in range(4)], codec="libx264", pix_fmt="yuv420p")
+    write_clip(mp4, [scene(k) for k in range(4)], RATE, codec="libx264", pix_fmt="yuv420p")
     mp4.write_bytes(mp4.read_bytes()[: mp4.stat().st_size * 6 // 10])  # the index (moov) comes last
     with pytest.raises(ValueError, match=r"cut\.mp4: cannot open as a video"):
         predict_video(segmenter, mp4, tmp_path / "o.mp4")
