@@ -132,3 +132,15 @@ def decoded(path, stream_index: int = 0, format: str = "rgb24") -> tuple[list[np
         frames = [frame.to_ndarray(format=format) for frame in container.decode(stream)]
         info = {"size": (stream.width, stream.height), "rate": stream.average_rate, "codec": stream.codec_context.name}
     return frames, info
+
+
+def write_sound(path) -> None:
+    """A file with one short silent audio stream and no video stream (PyAV)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))

@@ -7,14 +7,13 @@ import json
 import sys
 from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
 import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
-from reference import decoded, numpy_confidence, ring_area, write_clip
+from reference import decoded, numpy_confidence, ring_area, write_clip, write_sound
 from segformer import from_pretrained
 from segformer.cli import main, predict_media
 from segformer.config import TestProtocol as Protocol  # aliased: pytest would collect a "Test…" class
@@ -228,12 +227,7 @@ def test_source_flag_reads_a_stream_into_live_outputs(model, weights, tmp_path, 
 
 def test_audio_only_file_is_named(weights, tmp_path, capsys):
     sound = tmp_path / "sound.mkv"
-    with av.open(str(sound), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-        frame.sample_rate = 8000
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    write_sound(sound)
     assert main(["predict", str(sound), "--weights", str(weights), "--out", str(tmp_path / "out"), "-q"]) == 1
     (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert "sound.mkv: no video stream" in error

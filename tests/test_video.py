@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import segformer
-from reference import decoded, numpy_confidence, write_clip
+from reference import decoded, numpy_confidence, write_clip, write_sound
 from segformer.config import TestProtocol
 from segformer.inference import Segmenter
 from segformer.video import overlay_size, predict_video
@@ -183,12 +183,7 @@ def test_truncated_file_is_reported_by_name_and_nothing_is_written(segmenter, cl
 
 def test_inputs_without_video_are_reported(segmenter, tmp_path):
     sound = tmp_path / "sound.mka"
-    with av.open(str(sound), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-        frame.sample_rate = 8000
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    write_sound(sound)
     with pytest.raises(ValueError, match=r"sound\.mka: no video stream \(it has 1 audio stream\)"):
         predict_video(segmenter, sound, tmp_path / "o.mp4")
     (tmp_path / "notes.mp4").write_text("not a video")
