@@ -30,7 +30,7 @@ import torch
 
 from segformer.benchmark import Case, load_model, make_inputs, make_step, save_weights
 from segformer.benchmark.flops import count_gmacs
-from segformer.benchmark.memory import _rss_bytes
+from segformer.benchmark.memory import cpu_step_peak_mib, cuda_step_peak_mib
 from segformer.training.step import set_checkpointing
 
 WIDTHS = (10, 13, 8, 7, 7, 6, 5, 5)
@@ -61,18 +61,7 @@ def worker(args: argparse.Namespace) -> None:
         return
     if cuda:
         step()  # the full-size kernels' first call
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        print(json.dumps((torch.cuda.max_memory_allocated() - before) / 2**20))
-        return
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _rss_bytes("VmRSS")
-    step()
-    print(json.dumps((_rss_bytes("VmHWM") - before) / 2**20))
+    print(json.dumps(cuda_step_peak_mib(step) if cuda else cpu_step_peak_mib(step)))
 
 
 def interleaved_ms(model: torch.nn.Module, step, repeats: int, sync) -> dict[str, float]:

@@ -26,6 +26,26 @@ def _rss_bytes(field: str) -> int:
     raise OSError(f"/proc/self/status has no {field}: CPU peak memory needs Linux")
 
 
+def cuda_step_peak_mib(step) -> float:
+    """The CUDA allocator's peak rise (MiB) during one call of ``step``, over what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def cpu_step_peak_mib(step) -> float:
+    """The peak RSS rise (MiB) of this process during one call of ``step``: the peak is first reset to the current
+    RSS (``/proc/self/clear_refs``, Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _rss_bytes("VmRSS")
+    step()
+    return (_rss_bytes("VmHWM") - before) / 2**20
+
+
 def peak_memory_mib(impl: str, directory: Path, case: Case, compare_hf: bool, threads: int | None = None) -> float:
     """Peak memory rise (MiB) during one step after warm-up: CUDA allocator peak, or CPU peak RSS in a fresh
     subprocess. A runner row's CUDA graphs keep their memory pool between calls: that pool is held before the
@@ -35,12 +55,7 @@ def peak_memory_mib(impl: str, directory: Path, case: Case, compare_hf: bool, th
         step = make_step(model, impl, case, *make_inputs(case))
         for _ in range(CUDA_WARMUP_STEPS):  # lazy initialisation (cuDNN, optimiser state) is not the steady state
             step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
+        return cuda_step_peak_mib(step)
     job = json.dumps({"impl": impl, "directory": str(directory), "case": asdict(case), "compare_hf": compare_hf})
     code = f"import segformer.benchmark.memory as m; m.cpu_peak_rss_child({job!r}, {threads!r})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -63,9 +78,4 @@ def cpu_peak_rss_child(job: str, threads: int | None) -> None:
     model = load_model(spec["impl"], Path(spec["directory"]), case, spec["compare_hf"])
     small = replace(case, height=64, width=64)
     make_step(model, spec["impl"], small, *make_inputs(small))()
-    step = make_step(model, spec["impl"], case, *make_inputs(case))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _rss_bytes("VmRSS")
-    step()
-    print((_rss_bytes("VmHWM") - before) / 2**20)
+    print(cpu_step_peak_mib(make_step(model, spec["impl"], case, *make_inputs(case))))
